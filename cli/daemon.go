@@ -1,0 +1,87 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/weftnet/weft/daemon"
+)
+
+func newDaemonCmd() *cobra.Command {
+	cfg := daemon.DefaultConfig()
+	var podCIDR, peers, logLevel string
+	cmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the weft node agent (what the DaemonSet runs on every node)",
+		Long: `Run the weft node agent: join the gossip mesh, keep a WireGuard tunnel to every
+peer, allocate pod addresses, serve the CNI plugin on RUN_DIR/weft.sock and
+enforce NetworkPolicy. Every flag can also be set with WEFT_<FLAG> (upper case,
+'-' as '_'); a flag on the command line wins.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnv(cmd.Flags(), os.LookupEnv); err != nil {
+				return err
+			}
+			p, err := netip.ParsePrefix(podCIDR)
+			if err != nil {
+				return fmt.Errorf("--pod-cidr %q: %w", podCIDR, err)
+			}
+			cfg.PodCIDR = p.Masked()
+			cfg.Peers = splitList(peers)
+			if cfg.NodeName == "" {
+				if cfg.NodeName, err = os.Hostname(); err != nil {
+					return fmt.Errorf("no --node-name and no hostname: %w", err)
+				}
+			}
+			log, err := newLogger(logLevel)
+			if err != nil {
+				return err
+			}
+			return daemon.Run(cmd.Context(), cfg, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.NodeName, "node-name", "", "name of this node in the mesh (default: the hostname)")
+	f.StringVar(&cfg.Listen, "listen", "", "underlay address to listen on (default: the address of the default route's interface)")
+	f.StringVar(&cfg.AdvertiseEndpoint, "advertise-endpoint", "", "host:port that peers dial for WireGuard, for NAT and clusters across clouds (default: listen address and --wg-port)")
+	f.StringVar(&peers, "peers", "", "comma-separated seeds to join (host or host:port)")
+	f.StringVar(&cfg.SecretFile, "secret-file", "", "file holding the cluster secret, the same on every node")
+	f.BoolVar(&cfg.Insecure, "insecure", false, "run without a cluster secret: gossip in clear and no WireGuard preshared key")
+	f.StringVar(&podCIDR, "pod-cidr", daemon.DefaultPodCIDR, "the cluster's pod address range")
+	f.StringVar(&cfg.IPAllocInit, "ipalloc-init", "", "how the address ring is seeded: seed=NODE1,NODE2,... (the same list on every node) or kube")
+	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory for the WireGuard key and allocator state")
+	f.StringVar(&cfg.RunDir, "run-dir", cfg.RunDir, "directory for the local API socket weft.sock")
+	f.StringVar(&cfg.WGMode, "wg-mode", cfg.WGMode, "WireGuard implementation: auto, kernel or userspace")
+	f.StringVar(&cfg.Iface, "iface", cfg.Iface, "name of the tunnel device")
+	f.IntVar(&cfg.GossipPort, "gossip-port", cfg.GossipPort, "TCP and UDP port of the gossip")
+	f.IntVar(&cfg.WGPort, "wg-port", cfg.WGPort, "UDP port of WireGuard")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "address of /metrics, /healthz and /readyz (empty: off)")
+	f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig of the Kubernetes API (default: in-cluster config when in a pod)")
+	f.IntVar(&cfg.MTU, "mtu", 0, "MTU of the tunnel and pods (0: the underlay's MTU minus 80)")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	annotateEnv(f)
+	return cmd
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}

@@ -1,0 +1,102 @@
+// Package daemon is the node agent: it wires mesh, crypto, ipalloc and policy
+// together, reconciles the kernel with the desired state, and serves the
+// local API socket, health and metrics.
+package daemon
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"time"
+)
+
+// Config is everything `weft daemon` is told by flags or WEFT_* variables.
+type Config struct {
+	NodeName          string        // --node-name; default the hostname
+	Listen            string        // --listen: underlay address; default the default route's interface address
+	AdvertiseEndpoint string        // --advertise-endpoint host:port peers dial; default Listen:WGPort
+	Peers             []string      // --peers: seeds, host or host:port (gossip port assumed)
+	SecretFile        string        // --secret-file: the cluster secret
+	Insecure          bool          // --insecure: run without a secret (unencrypted gossip, no PSK)
+	PodCIDR           netip.Prefix  // --pod-cidr; default 10.32.0.0/12
+	IPAllocInit       string        // --ipalloc-init: "seed=NODE1,NODE2,..." or "kube"
+	StateDir          string        // --state-dir; default /var/lib/weft
+	RunDir            string        // --run-dir; default /run/weft (API socket RUN_DIR/weft.sock)
+	WGMode            string        // --wg-mode auto|kernel|userspace
+	Iface             string        // --iface; default weft
+	GossipPort        int           // --gossip-port; default 6783
+	WGPort            int           // --wg-port; default 6784
+	MetricsAddr       string        // --metrics-addr; default :6782
+	Kubeconfig        string        // --kubeconfig
+	MTU               int           // --mtu; 0 = underlay MTU - 80
+	ResyncInterval    time.Duration // periodic full reconcile
+	ReapTime          time.Duration // how long a dead peer keeps its tunnel
+}
+
+// Defaults of the documented flags.
+const (
+	DefaultPodCIDR     = "10.32.0.0/12"
+	DefaultStateDir    = "/var/lib/weft"
+	DefaultRunDir      = "/run/weft"
+	DefaultIface       = "weft"
+	DefaultGossipPort  = 6783
+	DefaultWGPort      = 6784
+	DefaultMetricsAddr = ":6782"
+	SocketName         = "weft.sock"
+)
+
+// DefaultConfig returns a Config with every documented default filled in.
+func DefaultConfig() Config {
+	return Config{
+		PodCIDR:        netip.MustParsePrefix(DefaultPodCIDR),
+		StateDir:       DefaultStateDir,
+		RunDir:         DefaultRunDir,
+		WGMode:         "auto",
+		Iface:          DefaultIface,
+		GossipPort:     DefaultGossipPort,
+		WGPort:         DefaultWGPort,
+		MetricsAddr:    DefaultMetricsAddr,
+		ResyncInterval: 30 * time.Second,
+		ReapTime:       5 * time.Minute,
+	}
+}
+
+// SocketPath is the local API socket under RunDir.
+func (c Config) SocketPath() string { return filepath.Join(c.RunDir, SocketName) }
+
+// Validate reports the first thing wrong with c, in words an operator can act on.
+func (c Config) Validate() error {
+	switch c.WGMode {
+	case "auto", "kernel", "userspace":
+	default:
+		return fmt.Errorf("--wg-mode %q: want auto, kernel or userspace", c.WGMode)
+	}
+	if c.NodeName == "" {
+		return fmt.Errorf("node name is empty: set --node-name")
+	}
+	if !c.PodCIDR.IsValid() || !c.PodCIDR.Addr().Is4() {
+		return fmt.Errorf("--pod-cidr %v: want an IPv4 prefix such as %s", c.PodCIDR, DefaultPodCIDR)
+	}
+	if c.PodCIDR.Bits() > 30 {
+		return fmt.Errorf("--pod-cidr %v is too small: use /30 or larger", c.PodCIDR)
+	}
+	if c.SecretFile == "" && !c.Insecure {
+		return ErrNoSecret
+	}
+	for _, p := range []struct {
+		name string
+		v    int
+	}{{"--gossip-port", c.GossipPort}, {"--wg-port", c.WGPort}} {
+		if p.v <= 0 || p.v > 65535 {
+			return fmt.Errorf("%s %d: want a port between 1 and 65535", p.name, p.v)
+		}
+	}
+	if c.MTU != 0 && (c.MTU < 1280 || c.MTU > 65535) {
+		return fmt.Errorf("--mtu %d: want 0 (automatic) or 1280..65535", c.MTU)
+	}
+	return nil
+}
+
+// ErrNoSecret is returned when the daemon has neither a secret nor --insecure.
+var ErrNoSecret = fmt.Errorf("no cluster secret: create one with `head -c 32 /dev/urandom | base64 > /etc/weft/secret` " +
+	"(the same file on every node), pass it with --secret-file, or run with --insecure to go without encryption")
