@@ -1,0 +1,60 @@
+package api
+
+import "net/netip"
+
+// Paths of the daemon's local API. Every request and answer is JSON; errors
+// come back as Error with a non-2xx status.
+const (
+	PathReady       = "/v1/ready"        // GET  -> Ready
+	PathCNIAllocate = "/v1/cni/allocate" // POST Attachment -> Allocation (idempotent per key)
+	PathCNIRelease  = "/v1/cni/release"  // POST Attachment -> Allocation of what was freed, or 404-free success
+	PathCNICheck    = "/v1/cni/check"    // POST Attachment -> Allocation the daemon holds, Error code "unknown" if none
+	PathCNIGC       = "/v1/cni/gc"       // POST GCRequest  -> GCResponse
+	PathStatus      = "/v1/status"       // GET, and /peers, /ipam, /policy
+	PathRmpeer      = "/v1/rmpeer"       // POST {"node": NAME}
+)
+
+// Error codes the CNI plugin branches on.
+const (
+	CodeFull       = "full"        // the pod range has no free address
+	CodeNotReady   = "not-ready"   // the daemon is up but not in the mesh or has no address space yet
+	CodeUnknown    = "unknown"     // no allocation for this attachment
+	CodeBadRequest = "bad-request" // the request itself is wrong
+	CodeInternal   = "internal"
+)
+
+// Attachment names one interface of one container: the allocation key.
+// Netns and the pod's namespace/name are informational (kept for GC and status).
+type Attachment struct {
+	ContainerID  string `json:"containerID"`
+	IfName       string `json:"ifName"`
+	Netns        string `json:"netns,omitempty"`
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
+}
+
+// Allocation is what the plugin configures in the pod.
+type Allocation struct {
+	Attachment
+	Address netip.Prefix `json:"address"` // the pod's address, as a /32
+	Gateway netip.Addr   `json:"gateway"` // the link-local next hop the pod routes through
+	MTU     int          `json:"mtu"`     // the tunnel MTU, to use for the pod's interface
+	PodCIDR netip.Prefix `json:"podCIDR"` // the cluster's whole pod range
+}
+
+// GCRequest lists the attachments the runtime still knows; the daemon frees
+// every other allocation.
+type GCRequest struct {
+	Valid []Attachment `json:"valid"`
+}
+
+// GCResponse lists what was freed, so the plugin can remove their links.
+type GCResponse struct {
+	Released []Allocation `json:"released"`
+}
+
+// Ready is the daemon's readiness for pods: in the mesh and with address space.
+type Ready struct {
+	Ready  bool   `json:"ready"`
+	Reason string `json:"reason,omitempty"`
+}
