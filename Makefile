@@ -11,6 +11,11 @@ COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS   := -s -w -X github.com/weftnet/weft/version.Version=$(VERSION) -X github.com/weftnet/weft/version.Commit=$(COMMIT)
 GOBUILD   := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
 KUBE_APISERVER := $(CACHE)/bin/kube-apiserver
+# The version kube-apiserver reports (/version), read from the pin in
+# tests/kubeapiserver/go.mod, stamped as the upstream release scripts do.
+KUBE_VERSION := $(shell awk '$$1 == "require" && $$2 == "k8s.io/kubernetes" {print $$3}' tests/kubeapiserver/go.mod)
+KUBE_VERSION_X = gitVersion=$(KUBE_VERSION) gitMajor=$(word 1,$(subst ., ,$(KUBE_VERSION:v%=%))) gitMinor=$(word 2,$(subst ., ,$(KUBE_VERSION))) gitTreeState=clean
+KUBE_LDFLAGS = -s -w $(foreach pkg,k8s.io/component-base/version k8s.io/client-go/pkg/version,$(foreach kv,$(KUBE_VERSION_X),-X $(pkg).$(kv)))
 TESTFLAGS ?=
 STATICCHECK_VERSION := 2025.1.1
 
@@ -34,7 +39,7 @@ build-arm64:
 kube-apiserver: $(KUBE_APISERVER)
 $(KUBE_APISERVER): tests/kubeapiserver/go.mod tests/kubeapiserver/go.sum
 	mkdir -p $(CACHE)/bin
-	cd tests/kubeapiserver && CGO_ENABLED=0 $(GO) build -trimpath -o $(CURDIR)/$(KUBE_APISERVER) k8s.io/kubernetes/cmd/kube-apiserver
+	cd tests/kubeapiserver && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o $(CURDIR)/$(KUBE_APISERVER) k8s.io/kubernetes/cmd/kube-apiserver
 
 # Unit tests (no root), root integration tests and end-to-end tests on the
 # one-machine cluster, in one run. Tests that cannot run say why with t.Skip;
