@@ -1,0 +1,117 @@
+package crypto
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// PrivateKeyFile is the name of the node's WireGuard private key file inside
+// the state directory.
+const PrivateKeyFile = "wireguard.key"
+
+// LoadOrCreatePrivateKey returns the node's WireGuard private key, stored in
+// stateDir/wireguard.key as one line of base64 (the format of `wg genkey`).
+//
+// The first call creates the key and the file (mode 0600, written to a
+// temporary file, synced and renamed into place; stateDir is created with mode
+// 0700 if it is missing); later calls return the same key. A file that cannot
+// be read or parsed is an error, never silently replaced: replacing the key is
+// the operator's decision. A file readable by group or others is used, with a
+// warning on logger (slog.Default() when nil).
+func LoadOrCreatePrivateKey(stateDir string, logger *slog.Logger) (wgtypes.Key, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	path := filepath.Join(stateDir, PrivateKeyFile)
+	key, err := loadPrivateKey(path, logger)
+	if err == nil {
+		return key, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return wgtypes.Key{}, err
+	}
+
+	key, err = wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("generate WireGuard private key: %w", err)
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return wgtypes.Key{}, fmt.Errorf("create state directory %s: %w", stateDir, err)
+	}
+	if err := writeFileAtomic(path, []byte(key.String()+"\n"), 0o600); err != nil {
+		return wgtypes.Key{}, fmt.Errorf("store WireGuard private key: %w", err)
+	}
+	logger.Info("created WireGuard private key", "file", path, "public_key", key.PublicKey().String())
+	return key, nil
+}
+
+// loadPrivateKey reads and parses a key file. A missing file is returned as
+// an error that wraps fs.ErrNotExist; the error text never contains key
+// material.
+func loadPrivateKey(path string, logger *slog.Logger) (wgtypes.Key, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return wgtypes.Key{}, err
+	}
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("read WireGuard private key %s: %w; fix its permissions, or move it away to create a new key (peers learn the new public key by gossip)", path, err)
+	}
+	key, err := wgtypes.ParseKey(strings.TrimSpace(string(data)))
+	if err == nil && key == (wgtypes.Key{}) {
+		err = errors.New("the key is all zeros")
+	}
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("WireGuard private key file %s is corrupt (%v); move it away (mv %s %s.bad) and restart to create a new key; peers learn the new public key by gossip", path, err, path, path)
+	}
+	if info, err := os.Stat(path); err == nil && info.Mode().Perm()&0o077 != 0 {
+		logger.Warn("WireGuard private key file is readable by others; run chmod 600 on it",
+			"file", path, "mode", fmt.Sprintf("%#o", info.Mode().Perm()))
+	}
+	return key, nil
+}
+
+// writeFileAtomic writes data to path through a synced temporary file in the
+// same directory and a rename, then syncs the directory, so that a crash
+// leaves either no file or the whole file.
+func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("create temporary file in %s: %w", dir, err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	if err := tmp.Chmod(perm); err != nil {
+		tmp.Close()
+		return fmt.Errorf("chmod %s: %w", tmp.Name(), err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("rename into %s: %w", path, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open %s to sync it: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
