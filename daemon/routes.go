@@ -39,8 +39,12 @@ func desiredRoutes(podCIDR netip.Prefix, self netip.Addr, allowed map[string][]n
 		}
 		out = append(out, route{Dst: p, Src: self})
 	}
-	sort.Slice(out, func(i, j int) bool { return routeLess(out[i], out[j]) })
+	sortRoutes(out)
 	return out
+}
+
+func sortRoutes(rs []route) {
+	sort.Slice(rs, func(i, j int) bool { return routeLess(rs[i], rs[j]) })
 }
 
 func routeLess(a, b route) bool {
