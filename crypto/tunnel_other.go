@@ -1,0 +1,13 @@
+//go:build !linux
+
+package crypto
+
+import "errors"
+
+var errNotLinux = errors.New("the WireGuard tunnel is only supported on Linux")
+
+// OpenTunnel is only supported on Linux.
+func OpenTunnel(cfg TunnelConfig) (*Tunnel, error) { return nil, errNotLinux }
+
+// DestroyTunnel is only supported on Linux.
+func DestroyTunnel(name string) error { return errNotLinux }
