@@ -1,0 +1,69 @@
+package cniplugin
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/weftnet/weft/api"
+)
+
+// link is what the result says about one end of the veth.
+type link struct {
+	Name    string
+	MAC     string
+	Sandbox string // the netns path for the pod's end, "" on the host
+}
+
+// newResult is the CNI result (in the newest version) of one attachment:
+// the host end first, then the pod's interface holding the address, and the
+// default route through the gateway.
+func newResult(alloc api.Allocation, host, pod link) *current.Result {
+	podIdx := 1
+	gw := net.IP(alloc.Gateway.AsSlice())
+	return &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: host.Name, Mac: host.MAC},
+			{Name: pod.Name, Mac: pod.MAC, Sandbox: pod.Sandbox},
+		},
+		IPs: []*current.IPConfig{{
+			Interface: &podIdx,
+			Address:   prefixIPNet(alloc.Address),
+			Gateway:   gw,
+		}},
+		Routes: []*types.Route{{Dst: prefixIPNet(netip.MustParsePrefix("0.0.0.0/0")), GW: gw}},
+	}
+}
+
+func prefixIPNet(p netip.Prefix) net.IPNet {
+	return net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// convertResult converts r to the result version of cniVersion.
+func convertResult(r *current.Result, cniVersion string) (types.Result, error) {
+	out, err := r.GetAsVersion(cniVersion)
+	if err != nil {
+		return nil, types.NewError(types.ErrIncompatibleCNIVersion,
+			fmt.Sprintf("cannot give the result as cniVersion %s: %v", cniVersion, err),
+			"use cniVersion 1.0.0 in the network config")
+	}
+	return out, nil
+}
+
+// validAllocation checks what the daemon handed out before the plugin
+// configures it.
+func validAllocation(a api.Allocation) error {
+	switch {
+	case !a.Address.IsValid() || !a.Address.Addr().Is4() || a.Address.Bits() != 32:
+		return fmt.Errorf("the weft daemon gave the pod address %q; want an IPv4 /32", a.Address)
+	case !a.Gateway.IsValid() || !a.Gateway.Is4():
+		return fmt.Errorf("the weft daemon gave the pod gateway %q; want an IPv4 address", a.Gateway)
+	case a.MTU != 0 && (a.MTU < MinMTU || a.MTU > MaxMTU):
+		return fmt.Errorf("the weft daemon gave the pod MTU %d; want %d to %d", a.MTU, MinMTU, MaxMTU)
+	}
+	return nil
+}
