@@ -266,4 +266,3 @@ func DestroyTunnel(name string) error {
 	}
 	return nil
 }
-
