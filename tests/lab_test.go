@@ -322,7 +322,7 @@ func TestLabPodThroughLibcni(t *testing.T) {
 		t.Error("cni0 in node2")
 	}
 	reach(t, ctx, pod.Netns, netip.MustParseAddr("10.99.1.1")) // its gateway, on node1
-	reach(t, ctx, pod.Netns, n[0].Addr)                          // node1's underlay address
+	reach(t, ctx, pod.Netns, n[0].Addr)                        // node1's underlay address
 	if _, err := pod.Exec(ctx, "ping", "-c", "1", "-W", "2", n[0].Addr.String()); err != nil {
 		t.Error(err)
 	}
