@@ -128,7 +128,7 @@ func openKernel(cfg TunnelConfig, existed bool) (t *Tunnel, err error) {
 
 // openUserspace runs wireguard-go on a persistent TUN, created or (when
 // existed) reattached.
-func openUserspace(cfg TunnelConfig, existed bool) (t *Tunnel, err error) {
+func openUserspace(cfg TunnelConfig, existed bool) (_ *Tunnel, err error) {
 	// TUNSETIFF on the name of an existing TUN attaches to it, and sets the
 	// flags CreateTUN asks for (IFF_VNET_HDR included) anew, so offloads are
 	// the same for a created and for a reattached device.
@@ -157,36 +157,38 @@ func openUserspace(cfg TunnelConfig, existed bool) (t *Tunnel, err error) {
 		cfg.Logger.Warn("TUN segmentation offloads are not available; userspace WireGuard will be slower", "iface", cfg.Name)
 	}
 
-	t = &Tunnel{name: cfg.Name, mode: ModeUserspace, logger: cfg.Logger}
-	t.dev = device.NewDevice(tunDev, conn.NewDefaultBind(), deviceLogger(cfg.Logger))
+	u := &Tunnel{name: cfg.Name, mode: ModeUserspace, logger: cfg.Logger}
+	u.dev = device.NewDevice(tunDev, conn.NewDefaultBind(), deviceLogger(cfg.Logger))
 	defer func() {
 		if err != nil {
-			t.Close()
+			u.Close()
 		}
 	}()
 	uapiFile, err := ipc.UAPIOpen(cfg.Name)
 	if err != nil {
-		return nil, fmt.Errorf("open UAPI socket %s: %w", uapiSocketPath(cfg.Name), err)
+		// The socket directory is shared by every network namespace that
+		// shares this file system, unlike interface names.
+		return nil, fmt.Errorf("open UAPI socket %s: %w; if another wireguard-go serves it (a weft daemon with the same --iface in another network namespace), give each daemon its own --iface or its own mount namespace for %s", uapiSocketPath(cfg.Name), err, uapiSocketDir)
 	}
-	t.uapi, err = ipc.UAPIListen(cfg.Name, uapiFile)
+	u.uapi, err = ipc.UAPIListen(cfg.Name, uapiFile)
 	uapiFile.Close() // UAPIListen holds its own descriptor
 	if err != nil {
 		return nil, fmt.Errorf("listen on UAPI socket %s: %w", uapiSocketPath(cfg.Name), err)
 	}
-	t.serving.Add(1)
-	go t.serveUAPI()
+	u.serving.Add(1)
+	go u.serveUAPI()
 
-	if t.client, err = wgctrl.New(); err != nil {
+	if u.client, err = wgctrl.New(); err != nil {
 		return nil, fmt.Errorf("open wgctrl: %w", err)
 	}
-	if err := t.setUp(cfg); err != nil {
+	if err := u.setUp(cfg); err != nil {
 		return nil, err
 	}
-	if err := t.dev.Up(); err != nil {
+	if err := u.dev.Up(); err != nil {
 		return nil, fmt.Errorf("start WireGuard on %s: %w", cfg.Name, err)
 	}
 	cfg.Logger.Info("userspace WireGuard running", "iface", cfg.Name, "offloads", offloads, "reattached", existed)
-	return t, nil
+	return u, nil
 }
 
 // setUp sets the key, port and MTU and brings the link up; both modes.

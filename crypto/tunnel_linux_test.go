@@ -588,3 +588,26 @@ func TestTunnelSurvivesTheDaemon(t *testing.T) {
 		t.Errorf("destroying a missing tunnel: %v", err)
 	}
 }
+
+func TestTunnelSameNameInTwoNamespaces(t *testing.T) {
+	needRoot(t)
+	nsA, nsB := newNS(t), newNS(t)
+	name := uniqueName(t)
+	cfg := childConfig{Name: name, Mode: ModeUserspace, PrivateKey: newKey(t).String()}
+	a := startChild(t, nsA, cfg)
+	if a.ready.Err != "" {
+		t.Fatalf("open tunnel: %s", a.ready.Err)
+	}
+	// UAPI sockets live in the file system, which both namespaces share.
+	b := startChild(t, nsB, cfg)
+	if !strings.Contains(b.ready.Err, "give each daemon its own --iface") {
+		t.Errorf("second tunnel of the same name: err = %q, want the UAPI socket clash explained", b.ready.Err)
+	}
+	if _, err := nlHandle(t, nsB).LinkByName(name); err == nil {
+		t.Error("the failed open left its TUN behind")
+	}
+	a.stop()
+	if err := nsA.Do(func(ns.NetNS) error { return DestroyTunnel(name) }); err != nil {
+		t.Fatal(err)
+	}
+}
