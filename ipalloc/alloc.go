@@ -1,0 +1,307 @@
+package ipalloc
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+
+	"github.com/weftnet/weft/ipalloc/ring"
+)
+
+// recompute derives the usable spans and the free count from the ring, the
+// pending claims and the allocations, and publishes the free count.
+// Callers hold a.mu.
+func (a *Allocator) recompute() {
+	usable := a.ring.Spans(a.cfg.Self)
+	for _, c := range a.claims {
+		usable = subtract(usable, c.span())
+	}
+	// Never the network or broadcast address of the whole range.
+	usable = subtract(usable, ring.Span{Start: 0, End: 1})
+	usable = subtract(usable, ring.Span{Start: a.ring.Size() - 1, End: a.ring.Size()})
+	var n uint64
+	for _, s := range usable {
+		n += s.Len()
+	}
+	for off := range a.byOff {
+		if inSpans(usable, off) {
+			n--
+		}
+	}
+	a.usable, a.free = usable, n
+	a.ring.SetFree(a.cfg.Self, n)
+}
+
+// subtract removes cut from sorted, disjoint spans.
+func subtract(spans []ring.Span, cut ring.Span) []ring.Span {
+	var out []ring.Span
+	for _, s := range spans {
+		if s.End <= cut.Start || s.Start >= cut.End {
+			out = append(out, s)
+			continue
+		}
+		if s.Start < cut.Start {
+			out = append(out, ring.Span{Start: s.Start, End: cut.Start})
+		}
+		if s.End > cut.End {
+			out = append(out, ring.Span{Start: cut.End, End: s.End})
+		}
+	}
+	return out
+}
+
+func inSpans(spans []ring.Span, off uint64) bool {
+	i, found := slices.BinarySearchFunc(spans, off, func(s ring.Span, o uint64) int { return cmp.Compare(s.Start, o) })
+	if found {
+		return true
+	}
+	return i > 0 && off < spans[i-1].End
+}
+
+// readiness says whether this node may allocate, and if not, why.
+// Callers hold a.mu.
+func (a *Allocator) readiness() (bool, string) {
+	switch {
+	case !a.ring.Seeded():
+		return false, "this node is not in the genesis seed list and has not heard the ring from any peer yet"
+	case !a.synced:
+		return false, "waiting to hear the ring from a live peer before allocating (this node restarted and its state may be stale)"
+	}
+	return true, ""
+}
+
+// Ready reports whether Allocate can hand out addresses now, and if not, why.
+func (a *Allocator) Ready() (bool, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.readiness()
+}
+
+// Allocate returns the address of key, handing out a new one if key has
+// none; the allocation is on disk before Allocate returns. meta (pod
+// namespace and name, netns) is stored with it. When this node has no free
+// address it asks peers for a share; errors wrap ErrFull (the whole range is
+// full) or ErrNoSpace (retry later).
+func (a *Allocator) Allocate(ctx context.Context, key Key, meta map[string]string) (netip.Addr, error) {
+	if key.ContainerID == "" || key.IfName == "" || len(key.ContainerID) > 1024 || len(key.IfName) > 64 {
+		return netip.Addr{}, fmt.Errorf("allocate: bad key %q/%q: want a container ID and an interface name", key.ContainerID, key.IfName)
+	}
+	tried := map[string]bool{}
+	for {
+		a.mu.Lock()
+		addr, done, err := a.allocateLocked(key, meta)
+		if done {
+			a.mu.Unlock()
+			return addr, err
+		}
+		if a.inflight != nil {
+			// Another Allocate is asking for space; wait for its outcome.
+			wait := a.inflight
+			a.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return netip.Addr{}, noSpaceError{fmt.Sprintf("no free address on this node while waiting for a donation: %v", ctx.Err())}
+			}
+		}
+		peer, err := a.chooseDonorLocked(tried)
+		if err != nil {
+			a.mu.Unlock()
+			return netip.Addr{}, err
+		}
+		tried[peer] = true
+		a.nextID++
+		id, answer, inflight := a.nextID, make(chan bool, 1), make(chan struct{})
+		a.waiting[id], a.inflight = answer, inflight
+		a.mu.Unlock()
+
+		a.askDonation(ctx, peer, id, answer)
+
+		a.mu.Lock()
+		delete(a.waiting, id)
+		a.inflight = nil
+		close(inflight)
+		a.mu.Unlock()
+		if ctx.Err() != nil {
+			return netip.Addr{}, noSpaceError{fmt.Sprintf("no free address on this node; asked %s for a share: %v", peer, ctx.Err())}
+		}
+	}
+}
+
+// allocateLocked allocates from this node's own space. done is false when
+// it has no free address.
+func (a *Allocator) allocateLocked(key Key, meta map[string]string) (addr netip.Addr, done bool, err error) {
+	if al, ok := a.allocs[key]; ok {
+		if a.ring.OwnerOf(al.Addr) == a.cfg.Self {
+			return al.Addr, true, nil
+		}
+		if !a.synced {
+			return netip.Addr{}, true, noSpaceError{"waiting to hear the ring from a live peer before confirming " + al.Addr.String()}
+		}
+		// The range went to another node (reclaimed while this one was
+		// away): never serve it again.
+		a.log.Warn("dropping an allocation whose range this node no longer owns", "key", key, "addr", al.Addr, "owner", a.ring.OwnerOf(al.Addr))
+		if err := a.releaseLocked([]Key{key}); err != nil {
+			return netip.Addr{}, true, err
+		}
+	}
+	if ok, why := a.readiness(); !ok {
+		return netip.Addr{}, true, noSpaceError{why}
+	}
+	off, ok := a.pick()
+	if !ok {
+		return netip.Addr{}, false, nil
+	}
+	al := Allocation{Key: key, Addr: a.ring.Addr(off), Meta: maps.Clone(meta), Created: a.cfg.Now().UTC()}
+	if err := a.store.saveAlloc(al); err != nil {
+		return netip.Addr{}, true, fmt.Errorf("allocate %s for %v: %w", al.Addr, key, err)
+	}
+	a.allocs[key] = &al
+	a.byOff[off] = key
+	a.cursor = off + 1
+	a.free--
+	a.ring.SetFree(a.cfg.Self, a.free)
+	return al.Addr, true, nil
+}
+
+// pick finds a free usable offset, starting after the last one handed out
+// so that a released address is not reused at once.
+func (a *Allocator) pick() (uint64, bool) {
+	if a.free == 0 {
+		return 0, false
+	}
+	for pass := 0; pass < 2; pass++ {
+		for _, s := range a.usable {
+			start := s.Start
+			if pass == 0 {
+				if s.End <= a.cursor {
+					continue
+				}
+				start = max(start, a.cursor)
+			}
+			for off := start; off < s.End; off++ {
+				if _, used := a.byOff[off]; !used {
+					return off, true
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+// chooseDonorLocked picks the live peer with the most free addresses that
+// was not asked yet, or says why there is none.
+func (a *Allocator) chooseDonorLocked(tried map[string]bool) (string, error) {
+	counts := map[string]uint64{}
+	var total uint64
+	for owner, f := range a.ring.FreeCounts() {
+		if owner == a.cfg.Self {
+			continue
+		}
+		n := min(f.Count, a.ring.Owned(owner))
+		counts[owner] = n
+		total += n
+	}
+	if total == 0 && a.free == 0 {
+		return "", fullError{a.cfg.CIDR}
+	}
+	var best string
+	var reachable uint64
+	if a.cfg.Transport != nil {
+		for _, p := range a.livePeers() {
+			n := counts[p]
+			reachable += n
+			if n == 0 || tried[p] {
+				continue
+			}
+			if best == "" || n > counts[best] || (n == counts[best] && p < best) {
+				best = p
+			}
+		}
+	}
+	if best != "" {
+		return best, nil
+	}
+	if len(tried) > 0 {
+		return "", noSpaceError{fmt.Sprintf("this node has no free address and %d peers asked for a share gave none in time", len(tried))}
+	}
+	if reachable == 0 {
+		return "", noSpaceError{fmt.Sprintf("this node has no free address and no reachable peer has any to give; "+
+			"%d free addresses are held by nodes that are not reachable (weft rmpeer NODE reclaims a dead node's)", total)}
+	}
+	return "", noSpaceError{"this node has no free address and cannot ask peers for a share"}
+}
+
+// Release frees the address of key. It reports the address and whether
+// key had one; releasing an unknown key is not an error.
+func (a *Allocator) Release(ctx context.Context, key Key) (netip.Addr, bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	al, ok := a.allocs[key]
+	if !ok {
+		return netip.Addr{}, false, nil
+	}
+	if err := a.releaseLocked([]Key{key}); err != nil {
+		return netip.Addr{}, false, err
+	}
+	return al.Addr, true, nil
+}
+
+func (a *Allocator) releaseLocked(keys []Key) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	if err := a.store.deleteAllocs(keys); err != nil {
+		return fmt.Errorf("release %d allocations: %w", len(keys), err)
+	}
+	for _, k := range keys {
+		al := a.allocs[k]
+		delete(a.allocs, k)
+		if off, ok := a.ring.Offset(al.Addr); ok && a.byOff[off] == k {
+			delete(a.byOff, off)
+		}
+	}
+	a.recompute()
+	return nil
+}
+
+// List returns every allocation of this node, by address.
+func (a *Allocator) List() []Allocation {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]Allocation, 0, len(a.allocs))
+	for _, al := range a.allocs {
+		c := *al
+		c.Meta = maps.Clone(al.Meta)
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(x, y Allocation) int { return x.Addr.Compare(y.Addr) })
+	return out
+}
+
+// GC releases every allocation whose key is not in keep and returns them.
+func (a *Allocator) GC(ctx context.Context, keep []Key) ([]Allocation, error) {
+	want := map[Key]bool{}
+	for _, k := range keep {
+		want[k] = true
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var keys []Key
+	var out []Allocation
+	for k, al := range a.allocs {
+		if !want[k] {
+			keys = append(keys, k)
+			out = append(out, *al)
+		}
+	}
+	if err := a.releaseLocked(keys); err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	slices.SortFunc(out, func(x, y Allocation) int { return x.Addr.Compare(y.Addr) })
+	return out, nil
+}

@@ -1,0 +1,303 @@
+// Package ipalloc gives each pod of this node one address of the pod range,
+// with no address ever handed out twice in the cluster.
+//
+// The range is split among nodes by the CRDT ring of package ring, gossiped
+// by the daemon (LocalState, MergeRemote, Broadcast). Each node hands out
+// addresses only from the spans it owns; a node that runs out asks the peer
+// with the most free addresses for a share (donation); `weft rmpeer` takes
+// back a dead node's spans (reclaim). Allocations and the ring are kept in a
+// bbolt file under Config.StateDir, written and fsynced before an address is
+// returned.
+//
+// When a node may allocate:
+//
+//	start ──► ring from disk or genesis
+//	            │ the ring has owners other than this node?
+//	            ├─ no ─────────────────────────────► ready
+//	            └─ yes: wait for a seeded ring from ─► ready
+//	               a live peer (MergeRemote)
+//
+// A restarted node may hold stale state: while it was away its spans may
+// have been reclaimed. It therefore allocates nothing new until it has merged
+// the ring of at least one live peer, which carries the higher versions of
+// the reclaim. (Remaining risk: the one peer it hears first is itself stale,
+// e.g. when the whole cluster restarts from old disks at once.)
+//
+// Reclaim. Rmpeer labels the dead node's spans with a claim one version up.
+// Concurrent claims of the same span resolve to the smaller claimant
+// everywhere, and a transfer the dead node made that the claimant had not
+// heard of beats the claim. The claimant allocates from a claimed span only
+// once every live peer (Config.Peers) has sent back a ring still holding its
+// claim: a live peer that knew a winning label would have shown it instead,
+// and a peer that has merged the claim can no longer claim that span itself
+// (it no longer belongs to the dead node). Remaining risk: a node that was
+// unreachable during the reclaim and holds a label that beats the claim (the
+// dead node gave it the span just before dying and nobody else heard of it);
+// reclaim only nodes that are really gone, after the mesh has settled.
+//
+// Concurrency: every method is safe for concurrent use; one mutex guards the
+// allocator's state, and Run serves donation requests from other nodes.
+package ipalloc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/weftnet/weft/ipalloc/ring"
+)
+
+// ErrDifferentGenesis is returned by MergeRemote for a ring seeded by
+// another genesis; the daemon logs it and shows it in status.
+var ErrDifferentGenesis = ring.ErrDifferentGenesis
+
+// ErrFull: the whole pod range has no free address.
+var ErrFull = errors.New("pod range is full")
+
+// ErrNoSpace: this node has no free address yet (no range, or waiting for
+// a donation or for the ring from a peer); the caller should retry.
+var ErrNoSpace = errors.New("no address space on this node yet")
+
+type fullError struct{ cidr netip.Prefix }
+
+func (e fullError) Error() string { return fmt.Sprintf("pod range %s is full", e.cidr) }
+func (e fullError) Unwrap() error { return ErrFull }
+
+type noSpaceError struct{ why string }
+
+func (e noSpaceError) Error() string { return e.why + "; retry in a few seconds" }
+func (e noSpaceError) Unwrap() error { return ErrNoSpace }
+
+// Key names one interface of one container: the allocation key.
+type Key struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+func (k Key) String() string { return k.ContainerID + "/" + k.IfName }
+
+// Allocation is one address handed out, with what the caller stored with it
+// (pod namespace and name, netns path).
+type Allocation struct {
+	Key
+	Addr    netip.Addr        `json:"addr"`
+	Meta    map[string]string `json:"meta,omitempty"`
+	Created time.Time         `json:"created"`
+}
+
+// Transport carries the allocator's messages to one peer. Send may be
+// called from several goroutines at once; msg is owned by the transport
+// after the call.
+type Transport interface {
+	Send(ctx context.Context, peer string, msg []byte) error
+}
+
+// Config of an Allocator.
+type Config struct {
+	Self      string       // this node's name; required
+	CIDR      netip.Prefix // the pod range; required
+	Seed      []string     // the genesis seed list; this node seeds the ring only when it is in it
+	StateDir  string       // directory of the state file (StateFile); required
+	Transport Transport    // carries donation requests; nil: no donation
+	// Peers returns the names of the live members (this node may be among
+	// them); nil: no peers.
+	Peers func() []string
+	// Broadcast, if set, is called (outside any lock, not concurrently with
+	// itself from one change) with the encoded ring after a local change
+	// others must hear of soon: a donation given or received, a reclaim.
+	// It must not block; the slice is the callee's.
+	Broadcast      func(ring []byte)
+	Logger         *slog.Logger     // default slog.Default()
+	RequestTimeout time.Duration    // how long to wait for a donation before asking another peer; default 5s
+	Now            func() time.Time // default time.Now
+}
+
+// Allocator hands out addresses of this node's share of the pod range.
+type Allocator struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *store
+	changes chan struct{}
+	inbox   chan inbound
+
+	mu          sync.Mutex
+	ring        *ring.Ring
+	allocs      map[Key]*Allocation
+	byOff       map[uint64]Key // offsets in the ring of allocated addresses
+	claims      []*pendingClaim
+	usable      []ring.Span // own spans minus pending claims and reserved addresses
+	free        uint64      // free addresses in usable
+	synced      bool        // merged a seeded ring from a live peer, or alone in the ring
+	refused     string      // the last ring refused for its genesis
+	refusedAt   time.Time
+	cursor      uint64
+	nextID      uint64
+	waiting     map[uint64]chan bool // donation requests in flight, by id
+	inflight    chan struct{}        // closed when the current donation attempt ends
+	lastRecvErr time.Time
+}
+
+type pendingClaim struct {
+	storedClaim
+	acks map[string]bool
+}
+
+func (c *pendingClaim) span() ring.Span { return ring.Span{Start: c.Start, End: c.End} }
+func (c *pendingClaim) label() ring.Label {
+	return ring.Label{Version: c.Version, Kind: c.Kind, Owner: c.Owner}
+}
+
+// New opens (or creates) the state under cfg.StateDir. A state file that is
+// corrupt, written by a newer weft, or for another pod range stops New with
+// an error saying what to do; it is never reset silently.
+func New(cfg Config) (*Allocator, error) {
+	if cfg.Self == "" || len(cfg.Self) > ring.MaxNameLen {
+		return nil, fmt.Errorf("ipalloc: node name %q: want 1 to %d bytes", cfg.Self, ring.MaxNameLen)
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("ipalloc: no state directory")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 5 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Peers == nil {
+		cfg.Peers = func() []string { return nil }
+	}
+	fresh, err := ring.NewEmpty(cfg.CIDR)
+	if err != nil {
+		return nil, fmt.Errorf("ipalloc: %w", err)
+	}
+	cfg.CIDR = fresh.Prefix()
+	if slices.Contains(cfg.Seed, cfg.Self) {
+		if fresh, err = ring.NewGenesis(cfg.CIDR, cfg.Seed); err != nil {
+			return nil, fmt.Errorf("ipalloc: %w", err)
+		}
+	}
+	st, l, err := openStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	a := &Allocator{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		store:   st,
+		changes: make(chan struct{}, 1),
+		inbox:   make(chan inbound, 64),
+		allocs:  map[Key]*Allocation{},
+		byOff:   map[uint64]Key{},
+		waiting: map[uint64]chan bool{},
+		ring:    l.ring,
+	}
+	if err := a.load(l, fresh); err != nil {
+		st.close()
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Allocator) load(l loaded, fresh *ring.Ring) error {
+	if a.ring == nil {
+		a.ring = fresh
+		a.log.Info("new IPAM state", "cidr", a.cfg.CIDR, "seeded", fresh.Seeded(), "genesis", fresh.Genesis())
+		if err := a.saveRingLocked(); err != nil {
+			return err
+		}
+	} else {
+		if a.ring.Prefix() != a.cfg.CIDR {
+			return fmt.Errorf("IPAM state file %s was written for pod range %s, but the pod range is now %s: "+
+				"set --pod-cidr %s, or move the file away to start empty "+
+				"(addresses of the pods running on this node may then be handed out again)",
+				a.store.path, a.ring.Prefix(), a.cfg.CIDR, a.ring.Prefix())
+		}
+		if fresh.Seeded() && a.ring.Seeded() && fresh.Genesis() != a.ring.Genesis() {
+			a.log.Warn("the seed list differs from the genesis in the state file; keeping the state file's",
+				"file", a.store.path, "genesis", a.ring.Genesis())
+		}
+	}
+	for _, al := range l.allocs {
+		off, ok := a.ring.Offset(al.Addr)
+		if !ok {
+			return corrupt(a.store.path, fmt.Errorf("allocation %v: address %s outside the pod range", al.Key, al.Addr))
+		}
+		if other, dup := a.byOff[off]; dup {
+			return corrupt(a.store.path, fmt.Errorf("address %s allocated to both %v and %v", al.Addr, other, al.Key))
+		}
+		al := al
+		a.allocs[al.Key] = &al
+		a.byOff[off] = al.Key
+	}
+	for _, c := range l.claims {
+		a.claims = append(a.claims, &pendingClaim{storedClaim: c, acks: map[string]bool{}})
+	}
+	a.synced = a.aloneInRing()
+	a.recompute()
+	return nil
+}
+
+// aloneInRing reports whether no node but this one owns any address.
+func (a *Allocator) aloneInRing() bool {
+	for _, o := range a.ring.Owners() {
+		if o != a.cfg.Self {
+			return false
+		}
+	}
+	return true
+}
+
+// Close releases the state file. Call it after Run has returned.
+func (a *Allocator) Close() error { return a.store.close() }
+
+// Run serves donation requests from other nodes and checks pending claims
+// until ctx ends.
+func (a *Allocator) Run(ctx context.Context) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case in := <-a.inbox:
+			a.serveDonation(ctx, in)
+		case <-tick.C:
+			a.mu.Lock()
+			changed := a.checkClaims()
+			a.mu.Unlock()
+			if changed {
+				a.signal()
+			}
+		}
+	}
+}
+
+// Changes signals (coalesced) that the ownership of some addresses
+// changed: re-read Ranges and reconcile routes and WireGuard peers.
+func (a *Allocator) Changes() <-chan struct{} { return a.changes }
+
+func (a *Allocator) signal() {
+	select {
+	case a.changes <- struct{}{}:
+	default:
+	}
+}
+
+// livePeers returns the live members but this node.
+func (a *Allocator) livePeers() []string {
+	var out []string
+	for _, p := range a.cfg.Peers() {
+		if p != a.cfg.Self {
+			out = append(out, p)
+		}
+	}
+	return out
+}

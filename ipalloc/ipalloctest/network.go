@@ -1,0 +1,224 @@
+// Package ipalloctest runs a cluster of real allocators in one process: an
+// in-memory Transport, gossip on demand, partitions and node deaths, for
+// the tests of ipalloc and of its users.
+//
+// Delivery is synchronous: Send and a broadcast call the receiver's
+// HandleMessage or MergeRemote before returning (the allocator never calls
+// them while holding its own lock, so this cannot deadlock).
+package ipalloctest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/ipalloc"
+)
+
+// ErrUnreachable is what Send returns for a peer that is down or across a partition.
+var ErrUnreachable = errors.New("peer unreachable")
+
+// Network is a set of allocators that can reach each other unless
+// partitioned or stopped. Its methods are safe for concurrent use.
+type Network struct {
+	mu    sync.Mutex
+	nodes map[string]*Node
+	group map[string]int // partition group of each node; same group talks
+	// Drop, if set, is asked about every message and ring delivered; true drops it.
+	Drop func(from, to string) bool
+}
+
+// Node is one allocator of the network.
+type Node struct {
+	Name  string
+	Alloc *ipalloc.Allocator
+	cfg   ipalloc.Config
+	stop  context.CancelFunc
+	done  chan error
+}
+
+// NewNetwork returns an empty network.
+func NewNetwork() *Network {
+	return &Network{nodes: map[string]*Node{}, group: map[string]int{}}
+}
+
+// Add starts an allocator with cfg, its Transport, Peers and Broadcast
+// wired to the network (RequestTimeout defaults to 2s, Logger to a
+// discarding one). It is stopped and closed when the test ends.
+func (n *Network) Add(t testing.TB, cfg ipalloc.Config) *ipalloc.Allocator {
+	t.Helper()
+	if cfg.StateDir == "" {
+		cfg.StateDir = t.TempDir()
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = 2 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	self := cfg.Self
+	cfg.Transport = transport{n, self}
+	cfg.Peers = func() []string { return n.Reachable(self) }
+	cfg.Broadcast = func(data []byte) { n.broadcast(self, data) }
+	a, err := ipalloc.New(cfg)
+	if err != nil {
+		t.Fatalf("start allocator %s: %v", self, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	node := &Node{Name: self, Alloc: a, cfg: cfg, stop: cancel, done: make(chan error, 1)}
+	go func() { node.done <- a.Run(ctx) }()
+	n.mu.Lock()
+	n.nodes[self] = node
+	n.mu.Unlock()
+	t.Cleanup(func() { n.Stop(self) })
+	return a
+}
+
+// Restart stops the node (if running) and starts it again from its state
+// directory, as a daemon restart does.
+func (n *Network) Restart(t testing.TB, name string) *ipalloc.Allocator {
+	t.Helper()
+	n.mu.Lock()
+	node := n.nodes[name]
+	n.mu.Unlock()
+	if node == nil {
+		t.Fatalf("restart %s: no such node", name)
+	}
+	n.Stop(name)
+	cfg := node.cfg
+	cfg.Transport, cfg.Peers, cfg.Broadcast = nil, nil, nil
+	return n.Add(t, cfg)
+}
+
+// Stop ends a node: its Run returns, its state file is closed, and it
+// disappears from everyone's live peers. Its state directory stays.
+func (n *Network) Stop(name string) {
+	n.mu.Lock()
+	node := n.nodes[name]
+	delete(n.nodes, name)
+	n.mu.Unlock()
+	if node == nil {
+		return
+	}
+	node.stop()
+	<-node.done
+	node.Alloc.Close()
+}
+
+// Partition splits the network into groups that cannot reach each other;
+// nodes not named form one more group.
+func (n *Network) Partition(groups ...[]string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.group = map[string]int{}
+	for i, g := range groups {
+		for _, name := range g {
+			n.group[name] = i + 1
+		}
+	}
+}
+
+// Heal ends every partition.
+func (n *Network) Heal() { n.Partition() }
+
+// Nodes returns the names of the running nodes, sorted.
+func (n *Network) Nodes() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	for name := range n.nodes {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Alloc returns the allocator of a running node, nil if none.
+func (n *Network) Alloc(name string) *ipalloc.Allocator {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if node := n.nodes[name]; node != nil {
+		return node.Alloc
+	}
+	return nil
+}
+
+// Reachable returns the running nodes self can reach, itself included: its
+// live members.
+func (n *Network) Reachable(self string) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	for name := range n.nodes {
+		if n.group[name] == n.group[self] {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (n *Network) target(from, to string) *Node {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	node := n.nodes[to]
+	if node == nil || n.group[from] != n.group[to] {
+		return nil
+	}
+	if n.Drop != nil && n.Drop(from, to) {
+		return nil
+	}
+	return node
+}
+
+func (n *Network) broadcast(from string, data []byte) {
+	for _, to := range n.Reachable(from) {
+		if to == from {
+			continue
+		}
+		if node := n.target(from, to); node != nil {
+			node.Alloc.MergeRemote(data)
+		}
+	}
+}
+
+// Gossip makes every pair of nodes that can reach each other exchange their
+// rings once (memberlist's push/pull). It returns the errors of the merges,
+// joined.
+func (n *Network) Gossip() error {
+	var errs []error
+	for _, from := range n.Nodes() {
+		for _, to := range n.Nodes() {
+			if from == to {
+				continue
+			}
+			dst, back := n.target(from, to), n.target(to, from)
+			if dst == nil || back == nil {
+				continue
+			}
+			if err := dst.Alloc.MergeRemote(n.Alloc(from).LocalState()); err != nil {
+				errs = append(errs, fmt.Errorf("%s -> %s: %w", from, to, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+type transport struct {
+	n    *Network
+	self string
+}
+
+// Send delivers msg to peer's HandleMessage, or fails with ErrUnreachable.
+func (t transport) Send(ctx context.Context, peer string, msg []byte) error {
+	node := t.n.target(t.self, peer)
+	if node == nil {
+		return fmt.Errorf("send to %s: %w", peer, ErrUnreachable)
+	}
+	return node.Alloc.HandleMessage(t.self, msg)
+}

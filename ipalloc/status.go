@@ -1,0 +1,105 @@
+package ipalloc
+
+import (
+	"net/netip"
+	"slices"
+)
+
+// Status is what `weft status ipam` shows. Its JSON is part of the
+// documented `--json` output.
+type Status struct {
+	Self        string       `json:"self"`
+	Range       netip.Prefix `json:"range"`
+	Size        uint64       `json:"size"`
+	Genesis     string       `json:"genesis,omitempty"` // empty: this node has not joined a ring yet
+	Ready       bool         `json:"ready"`
+	Reason      string       `json:"reason,omitempty"` // why not ready
+	Allocations int          `json:"allocations"`      // allocations held by this node
+	Nodes       []NodeStatus `json:"nodes"`
+	// Addresses owned by nodes that are not reachable, and their share of
+	// the range (0 to 1): candidates for `weft rmpeer` if the nodes are gone.
+	UnreachableAddresses uint64  `json:"unreachableAddresses"`
+	UnreachableShare     float64 `json:"unreachableShare"`
+	// RefusedGenesis, when set, says this node refused a ring seeded by
+	// another genesis (another pod range or seed list) and from whom.
+	RefusedGenesis string        `json:"refusedGenesis,omitempty"`
+	PendingClaims  []ClaimStatus `json:"pendingClaims,omitempty"`
+}
+
+// NodeStatus is one owner's share of the range.
+type NodeStatus struct {
+	Name      string         `json:"name"`
+	Ranges    []netip.Prefix `json:"ranges"`
+	Size      uint64         `json:"size"` // addresses owned
+	Used      uint64         `json:"used"` // as last published by the node
+	Free      uint64         `json:"free"`
+	Reachable bool           `json:"reachable"`
+}
+
+// ClaimStatus is a reclaim this node made that is not confirmed yet.
+type ClaimStatus struct {
+	Dead       string         `json:"dead"`
+	Ranges     []netip.Prefix `json:"ranges"`
+	WaitingFor []string       `json:"waitingFor"` // live peers that have not echoed the claim yet
+}
+
+// Status reports the ring as this node knows it; reachable says whether a
+// node is reachable now (nil: only this node is).
+func (a *Allocator) Status(reachable func(node string) bool) Status {
+	live := a.livePeers()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := Status{
+		Self:        a.cfg.Self,
+		Range:       a.cfg.CIDR,
+		Size:        a.ring.Size(),
+		Allocations: len(a.allocs),
+		Nodes:       []NodeStatus{},
+	}
+	if a.ring.Seeded() {
+		st.Genesis = a.ring.Genesis().String()
+	}
+	st.Ready, st.Reason = a.readiness()
+	st.RefusedGenesis = a.refused
+	size := a.ring.Size()
+	for _, o := range a.ring.Owners() {
+		ns := NodeStatus{Name: o, Ranges: a.ring.CIDRs(o), Size: a.ring.Owned(o)}
+		ns.Reachable = o == a.cfg.Self || (reachable != nil && reachable(o))
+		if o == a.cfg.Self {
+			ns.Free = a.free
+			for off := range a.byOff {
+				if a.ring.LabelAt(off).Owner == o {
+					ns.Used++
+				}
+			}
+		} else {
+			f, _ := a.ring.FreeOf(o)
+			ns.Free = min(f.Count, ns.Size)
+			reserved := uint64(0)
+			for _, off := range []uint64{0, size - 1} {
+				if a.ring.LabelAt(off).Owner == o {
+					reserved++
+				}
+			}
+			if ns.Size > ns.Free+reserved {
+				ns.Used = ns.Size - ns.Free - reserved
+			}
+		}
+		if !ns.Reachable {
+			st.UnreachableAddresses += ns.Size
+		}
+		st.Nodes = append(st.Nodes, ns)
+	}
+	st.UnreachableShare = float64(st.UnreachableAddresses) / float64(size)
+	for _, c := range a.claims {
+		cs := ClaimStatus{Dead: c.Dead, Ranges: a.ring.SpanCIDRs(c.span()), WaitingFor: []string{}}
+		for _, p := range live {
+			if !c.acks[p] {
+				cs.WaitingFor = append(cs.WaitingFor, p)
+			}
+		}
+		slices.Sort(cs.WaitingFor)
+		st.PendingClaims = append(st.PendingClaims, cs)
+	}
+	return st
+}
