@@ -202,7 +202,9 @@ func TestBadStateFile(t *testing.T) {
 		mustAlloc(t, a, key(1))
 		a.Close()
 		db, _ := bolt.Open(filepath.Join(dir, ipalloc.StateFile), 0o600, nil)
-		db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("allocations")).Put([]byte("c1\x00eth0"), []byte("{")) })
+		db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket([]byte("allocations")).Put([]byte("c1\x00eth0"), []byte("{"))
+		})
 		db.Close()
 		if _, err := ipalloc.New(cfg(dir)); err == nil || !strings.Contains(err.Error(), "move it away") {
 			t.Fatalf("bad record: %v", err)
