@@ -341,6 +341,14 @@ func uniqueName(t *testing.T) string {
 	return name
 }
 
+func mustParseKey(t *testing.T, s string) wgtypes.Key {
+	k, err := wgtypes.ParseKey(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 func newKey(t *testing.T) wgtypes.Key {
 	k, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
@@ -415,20 +423,16 @@ func TestTunnelPingThroughUserspaceTunnels(t *testing.T) {
 	}
 	nsA, nsB := newNS(t), newNS(t)
 	underlay(t, nsA, nsB, "192.168.231.1/24", "192.168.231.2/24")
-	nameA, nameB := uniqueName(t), uniqueName(t)
-	keyA, keyB := newKey(t), newKey(t)
 	psk := testSecret().PresharedKey()
+	cfgA, cfgB := pairConfigs(t, psk)
+	nameA := cfgA.Name
+	keyA, keyB := mustParseKey(t, cfgA.PrivateKey), mustParseKey(t, cfgB.PrivateKey)
 	const port = 51820
 
 	// A asks for auto and, without kernel WireGuard, gets userspace.
-	a := startChild(t, nsA, childConfig{
-		Name: nameA, Mode: ModeAuto, PrivateKey: keyA.String(), ListenPort: port, Addr: "10.231.0.1/24",
-		Peer: &childPeer{PublicKey: keyB.PublicKey().String(), PresharedKey: psk.String(), Endpoint: "192.168.231.2:51820", AllowedIP: "10.231.0.2/32"},
-	})
-	b := startChild(t, nsB, childConfig{
-		Name: nameB, Mode: ModeUserspace, PrivateKey: keyB.String(), ListenPort: port, Addr: "10.231.0.2/24",
-		Peer: &childPeer{PublicKey: keyA.PublicKey().String(), PresharedKey: psk.String(), Endpoint: "192.168.231.1:51820", AllowedIP: "10.231.0.1/32"},
-	})
+	cfgA.Mode = ModeAuto
+	a := startChild(t, nsA, cfgA)
+	b := startChild(t, nsB, cfgB)
 	for _, c := range []*child{a, b} {
 		if c.ready.Err != "" {
 			t.Fatalf("open tunnel: %s", c.ready.Err)
@@ -610,4 +614,99 @@ func TestTunnelSameNameInTwoNamespaces(t *testing.T) {
 	if err := nsA.Do(func(ns.NetNS) error { return DestroyTunnel(name) }); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// pairConfigs returns tunnel configurations for two nodes joined by
+// underlay(t, a, b, "192.168.231.1/24", "192.168.231.2/24"), with overlay
+// addresses 10.231.0.1 and 10.231.0.2.
+func pairConfigs(t *testing.T, psk wgtypes.Key) (childConfig, childConfig) {
+	nameA, nameB := uniqueName(t), uniqueName(t)
+	keyA, keyB := newKey(t), newKey(t)
+	a := childConfig{
+		Name: nameA, Mode: ModeUserspace, PrivateKey: keyA.String(), ListenPort: 51820, Addr: "10.231.0.1/24",
+		Peer: &childPeer{PublicKey: keyB.PublicKey().String(), PresharedKey: psk.String(), Endpoint: "192.168.231.2:51820", AllowedIP: "10.231.0.2/32"},
+	}
+	b := childConfig{
+		Name: nameB, Mode: ModeUserspace, PrivateKey: keyB.String(), ListenPort: 51820, Addr: "10.231.0.2/24",
+		Peer: &childPeer{PublicKey: keyA.PublicKey().String(), PresharedKey: psk.String(), Endpoint: "192.168.231.1:51820", AllowedIP: "10.231.0.1/32"},
+	}
+	return a, b
+}
+
+// TestTunnelTCPSurvivesADaemonRestart is the promise of DESIGN.md: a crash
+// and restart of the daemon on one side costs a TCP connection through the
+// tunnel a moment, not the connection.
+func TestTunnelTCPSurvivesADaemonRestart(t *testing.T) {
+	needRoot(t)
+	nsA, nsB := newNS(t), newNS(t)
+	underlay(t, nsA, nsB, "192.168.231.1/24", "192.168.231.2/24")
+	cfgA, cfgB := pairConfigs(t, testSecret().PresharedKey())
+	t.Cleanup(func() { nsA.Do(func(ns.NetNS) error { return DestroyTunnel(cfgA.Name) }) })
+	a := startChild(t, nsA, cfgA)
+	b := startChild(t, nsB, cfgB)
+	for _, c := range []*child{a, b} {
+		if c.ready.Err != "" {
+			t.Fatalf("open tunnel: %s", c.ready.Err)
+		}
+	}
+
+	// Sockets stay in the namespace they were made in.
+	var ln net.Listener
+	if err := nsB.Do(func(ns.NetNS) error {
+		var err error
+		ln, err = net.Listen("tcp4", "10.231.0.2:7000")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	var client net.Conn
+	if err := nsA.Do(func(ns.NetNS) error {
+		var err error
+		d := net.Dialer{Timeout: 20 * time.Second}
+		client, err = d.Dial("tcp4", "10.231.0.2:7000")
+		return err
+	}); err != nil {
+		t.Fatalf("connect through the tunnel: %v", err)
+	}
+	defer client.Close()
+	server, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	defer server.Close()
+
+	roundTrip := func(msg string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		client.SetDeadline(deadline)
+		server.SetDeadline(deadline)
+		if _, err := io.WriteString(client, msg); err != nil {
+			t.Fatalf("send %q: %v", msg, err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(server, buf); err != nil || string(buf) != msg {
+			t.Fatalf("receive %q: got %q, %v", msg, buf, err)
+		}
+	}
+	roundTrip("before the crash\n")
+
+	a.kill()
+	// The restarted daemon reattaches to the TUN and restores its peer,
+	// as the daemon does from its state.
+	cfgA.Mode, cfgA.Addr = ModeAuto, ""
+	restarted := startChild(t, nsA, cfgA)
+	if restarted.ready.Err != "" {
+		t.Fatalf("restart: %s", restarted.ready.Err)
+	}
+	roundTrip("after the restart\n")
 }
