@@ -391,4 +391,3 @@ func underlay(t *testing.T, a, b ns.NetNS, aAddr, bAddr string) {
 		}
 	}
 }
-
