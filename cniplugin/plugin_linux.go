@@ -93,9 +93,9 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if conf.RawPrevResult != nil {
+	if conf.PrevResult != nil || conf.RawPrevResult != nil {
 		return types.NewError(types.ErrUnsupportedField,
-			"weft-cni got a prevResult in ADD, but it hands out the pod's address itself",
+			"weft-cni must be the first plugin of the chain, but ADD got a prevResult from an earlier one",
 			"put weft-cni first in the plugins of the network config list")
 	}
 	podNS, err := openNetns(args.Netns)
