@@ -56,6 +56,7 @@ plugin.`,
 		newInstallCNICmd(),
 		newResetCmd(),
 		newDemoCmd(),
+		newNetlabCleanCmd(),
 	)
 	return root
 }

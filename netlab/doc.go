@@ -7,11 +7,10 @@
 // (.254) on every site's bridge, optionally masquerading a site like a NAT
 // gateway. Site S owns 172.30.S.0/24.
 //
-//	        PREFIX-ul                      PREFIX-rt
-//	node1 ─┐                            ┌── s0 172.30.0.254
-//	node2 ─┼─ br0 (172.30.0.0/24) ── r0 ┘
-//	       │                            ┌── s1 172.30.1.254 (NAT optional)
-//	node3 ─┴─ br1 (172.30.1.0/24) ── r1 ┘
+//	     PREFIX-ul                             PREFIX-rt
+//	node1 ──┬── br0 172.30.0.0/24 ── r0 ─── s0 172.30.0.254 ┐ forwarding
+//	node2 ──┘                                                │ (NAT of a
+//	node3 ───── br1 172.30.1.0/24 ── r1 ─── s1 172.30.1.254 ┘  site optional)
 //
 // Every process started in a node (the daemon, Exec, CNI plugins) runs in the
 // node's network namespace and in a mount namespace of its own in which the

@@ -125,7 +125,7 @@ func (n *Node) startDaemon(args []string) error {
 		return fmt.Errorf("open log of %s: %w", n.Name, err)
 	}
 	defer logf.Close()
-	fmt.Fprintf(logf, "--- netlab %s: start %s %s\n", time.Now().Format(time.RFC3339Nano), n.lab.weft, strings.Join(args, " "))
+	fmt.Fprintf(logf, "--- netlab %s: start %s %s\n", time.Now().Format(time.RFC3339Nano), n.lab.weft, shellJoin(args))
 	cmd := exec.Command(n.lab.weft, args...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
@@ -145,6 +145,18 @@ func (n *Node) startDaemon(args []string) error {
 	n.daemonArgs = args
 	n.lab.log.Info("daemon started", "node", n.Name, "pid", p.PID())
 	return nil
+}
+
+// shellJoin quotes args for a log line a person can paste.
+func shellJoin(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = a
+		if a == "" || strings.ContainsAny(a, " \t\n'\"\\$`") {
+			q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(q, " ")
 }
 
 // cleanEnv is this process's environment without WEFT_* variables, so the
