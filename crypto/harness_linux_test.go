@@ -85,14 +85,28 @@ func runChild(cfgJSON string) int {
 	}
 	out.Encode(childReady{Mode: tun.Mode(), Index: tun.LinkIndex()})
 	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(nil, 1<<20)
 	for in.Scan() {
-		if in.Text() == "device" {
+		cmd, arg, _ := strings.Cut(in.Text(), " ")
+		switch cmd {
+		case "device":
 			dev, err := tun.Device()
 			if err != nil {
 				logger.Error("read device", "err", err)
 				dev = nil
 			}
 			out.Encode(dev)
+		case "configure":
+			var wcfg wgtypes.Config
+			err := json.Unmarshal([]byte(arg), &wcfg)
+			if err == nil {
+				err = tun.Configure(wcfg)
+			}
+			reply := childReady{Mode: tun.Mode()}
+			if err != nil {
+				reply.Err = err.Error()
+			}
+			out.Encode(reply)
 		}
 	}
 	if err := tun.Close(); err != nil {
@@ -277,6 +291,25 @@ func (c *child) device() *wgtypes.Device {
 		c.t.Fatal("child could not read its device")
 	}
 	return dev
+}
+
+// configure has the child call Tunnel.Configure(cfg).
+func (c *child) configure(cfg wgtypes.Config) {
+	c.t.Helper()
+	data, err := json.Marshal(cfg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if _, err := fmt.Fprintf(c.stdin, "configure %s\n", data); err != nil {
+		c.t.Fatal(err)
+	}
+	var reply childReady
+	if err := c.stdout.Decode(&reply); err != nil {
+		c.t.Fatal(err)
+	}
+	if reply.Err != "" {
+		c.t.Fatalf("configure: %s", reply.Err)
+	}
 }
 
 // stop closes the child's stdin, so that it closes its tunnel and exits.
