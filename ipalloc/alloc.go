@@ -135,12 +135,14 @@ func (a *Allocator) Allocate(ctx context.Context, key Key, meta map[string]strin
 // allocateLocked allocates from this node's own space. done is false when
 // it has no free address.
 func (a *Allocator) allocateLocked(key Key, meta map[string]string) (addr netip.Addr, done bool, err error) {
+	// Not even an existing allocation is served before the node is ready:
+	// its range may have been reclaimed while it was away.
+	if ok, why := a.readiness(); !ok {
+		return netip.Addr{}, true, noSpaceError{why}
+	}
 	if al, ok := a.allocs[key]; ok {
 		if a.ring.OwnerOf(al.Addr) == a.cfg.Self {
 			return al.Addr, true, nil
-		}
-		if !a.synced {
-			return netip.Addr{}, true, noSpaceError{"waiting to hear the ring from a live peer before confirming " + al.Addr.String()}
 		}
 		// The range went to another node (reclaimed while this one was
 		// away): never serve it again.
@@ -148,9 +150,6 @@ func (a *Allocator) allocateLocked(key Key, meta map[string]string) (addr netip.
 		if err := a.releaseLocked([]Key{key}); err != nil {
 			return netip.Addr{}, true, err
 		}
-	}
-	if ok, why := a.readiness(); !ok {
-		return netip.Addr{}, true, noSpaceError{why}
 	}
 	off, ok := a.pick()
 	if !ok {

@@ -298,3 +298,125 @@ func TestDonationTimeoutTriesAnotherPeer(t *testing.T) {
 		t.Errorf("b got %s, want an address from c's half", addr)
 	}
 }
+
+func inRange(t *testing.T, cidr string, addr netip.Addr) bool {
+	return netip.MustParsePrefix(cidr).Contains(addr)
+}
+
+func TestConcurrentRmpeer(t *testing.T) {
+	n := ipalloctest.NewNetwork()
+	cidr := netip.MustParsePrefix("10.0.0.0/24")
+	seed := []string{"a", "b", "c", "d"}
+	for _, s := range seed {
+		n.Add(t, ipalloc.Config{Self: s, CIDR: cidr, Seed: seed})
+	}
+	if err := n.Gossip(); err != nil {
+		t.Fatal(err)
+	}
+	n.Stop("d")
+	a, b, c := n.Alloc("a"), n.Alloc("b"), n.Alloc("c")
+	if _, err := a.Rmpeer(ctx, "c"); err == nil {
+		t.Error("rmpeer of a live node: no error")
+	}
+	// a and b reclaim d at the same time, hearing nothing from each other.
+	n.Drop = func(from, to string) bool { return true }
+	for _, x := range []*ipalloc.Allocator{a, b} {
+		msg, err := x.Rmpeer(ctx, "d")
+		if err != nil || !strings.Contains(msg, "10.0.0.192/26") {
+			t.Fatalf("rmpeer: %q %v", msg, err)
+		}
+		if st := x.Status(nil); len(st.PendingClaims) != 1 {
+			t.Fatalf("pending claims: %+v", st.PendingClaims)
+		}
+	}
+	// Before confirmation neither allocates from d's range: each runs out
+	// after its own 63 or 64 addresses.
+	for name, x := range map[string]*ipalloc.Allocator{"a": a, "b": b} {
+		for i := 0; ; i++ {
+			addr, err := x.Allocate(ctx, ipalloc.Key{ContainerID: fmt.Sprint(name, i), IfName: "eth0"}, nil)
+			if err != nil {
+				if !errors.Is(err, ipalloc.ErrNoSpace) || i < 63 {
+					t.Fatalf("%s after %d: %v", name, i, err)
+				}
+				break
+			}
+			if inRange(t, "10.0.0.192/26", addr) {
+				t.Fatalf("%s allocated %s from an unconfirmed claim", name, addr)
+			}
+		}
+	}
+	n.Drop = nil
+	for range 2 {
+		if err := n.Gossip(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, x := range []*ipalloc.Allocator{a, b, c} {
+		r := x.Ranges()
+		if _, ok := r["d"]; ok || fmt.Sprint(r["a"]) != "[10.0.0.0/26 10.0.0.192/26]" || fmt.Sprint(r["b"]) != "[10.0.0.64/26]" {
+			t.Errorf("ranges after the concurrent reclaim: %v", r)
+		}
+		if st := x.Status(nil); len(st.PendingClaims) != 0 {
+			t.Errorf("pending claims left: %+v", st.PendingClaims)
+		}
+	}
+	if addr := mustAlloc(t, a, key(1000)); !inRange(t, "10.0.0.192/26", addr) {
+		t.Errorf("a allocates %s after confirmation, want one from d's range", addr)
+	}
+	if msg, err := c.Rmpeer(ctx, "d"); err != nil || !strings.Contains(msg, "nothing to reclaim") {
+		t.Errorf("second rmpeer: %q %v", msg, err)
+	}
+}
+
+func TestStaleNodeAfterReclaim(t *testing.T) {
+	n := ipalloctest.NewNetwork()
+	cidr := netip.MustParsePrefix("10.0.0.0/24")
+	seed := []string{"a", "b", "c"}
+	for _, s := range seed {
+		n.Add(t, ipalloc.Config{Self: s, CIDR: cidr, Seed: seed})
+	}
+	n.Gossip()
+	old := map[ipalloc.Key]netip.Addr{}
+	for i := range 5 {
+		old[key(i)] = mustAlloc(t, n.Alloc("c"), key(i))
+	}
+	n.Stop("c")
+	a := n.Alloc("a")
+	if _, err := a.Rmpeer(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	n.Gossip()
+	// a now hands out all of c's old range, old addresses included.
+	held := map[netip.Addr]bool{}
+	for i := range 190 {
+		held[mustAlloc(t, a, ipalloc.Key{ContainerID: fmt.Sprint("a", i), IfName: "eth0"})] = true
+	}
+	for _, addr := range old {
+		if !held[addr] {
+			t.Fatalf("a did not reuse %s", addr)
+		}
+	}
+	c := n.Restart(t, "c")
+	if ok, _ := c.Ready(); ok {
+		t.Fatal("stale node ready before hearing from a peer")
+	}
+	for k := range old {
+		if addr, err := c.Allocate(ctx, k, nil); !errors.Is(err, ipalloc.ErrNoSpace) {
+			t.Fatalf("stale node served %s (%v) before hearing from a peer", addr, err)
+		}
+	}
+	n.Gossip()
+	if r := c.Ranges(); len(r["c"]) != 0 {
+		t.Fatalf("c still owns %v", r["c"])
+	}
+	for k, was := range old {
+		addr, err := c.Allocate(ctx, k, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if addr == was || held[addr] {
+			t.Fatalf("stale node served %s again", addr)
+		}
+		held[addr] = true
+	}
+}

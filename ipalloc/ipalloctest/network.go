@@ -28,6 +28,7 @@ var ErrUnreachable = errors.New("peer unreachable")
 type Network struct {
 	mu    sync.Mutex
 	nodes map[string]*Node
+	cfgs  map[string]ipalloc.Config // of every node ever added, for Restart
 	group map[string]int // partition group of each node; same group talks
 	// Drop, if set, is asked about every message and ring delivered; true drops it.
 	Drop func(from, to string) bool
@@ -37,14 +38,13 @@ type Network struct {
 type Node struct {
 	Name  string
 	Alloc *ipalloc.Allocator
-	cfg   ipalloc.Config
 	stop  context.CancelFunc
 	done  chan error
 }
 
 // NewNetwork returns an empty network.
 func NewNetwork() *Network {
-	return &Network{nodes: map[string]*Node{}, group: map[string]int{}}
+	return &Network{nodes: map[string]*Node{}, cfgs: map[string]ipalloc.Config{}, group: map[string]int{}}
 }
 
 // Add starts an allocator with cfg, its Transport, Peers and Broadcast
@@ -70,10 +70,11 @@ func (n *Network) Add(t testing.TB, cfg ipalloc.Config) *ipalloc.Allocator {
 		t.Fatalf("start allocator %s: %v", self, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	node := &Node{Name: self, Alloc: a, cfg: cfg, stop: cancel, done: make(chan error, 1)}
+	node := &Node{Name: self, Alloc: a, stop: cancel, done: make(chan error, 1)}
 	go func() { node.done <- a.Run(ctx) }()
 	n.mu.Lock()
 	n.nodes[self] = node
+	n.cfgs[self] = cfg
 	n.mu.Unlock()
 	t.Cleanup(func() { n.Stop(self) })
 	return a
@@ -84,13 +85,12 @@ func (n *Network) Add(t testing.TB, cfg ipalloc.Config) *ipalloc.Allocator {
 func (n *Network) Restart(t testing.TB, name string) *ipalloc.Allocator {
 	t.Helper()
 	n.mu.Lock()
-	node := n.nodes[name]
+	cfg, ok := n.cfgs[name]
 	n.mu.Unlock()
-	if node == nil {
+	if !ok {
 		t.Fatalf("restart %s: no such node", name)
 	}
 	n.Stop(name)
-	cfg := node.cfg
 	cfg.Transport, cfg.Peers, cfg.Broadcast = nil, nil, nil
 	return n.Add(t, cfg)
 }
@@ -197,16 +197,24 @@ func (n *Network) Gossip() error {
 			if from == to {
 				continue
 			}
-			dst, back := n.target(from, to), n.target(to, from)
-			if dst == nil || back == nil {
-				continue
-			}
-			if err := dst.Alloc.MergeRemote(n.Alloc(from).LocalState()); err != nil {
-				errs = append(errs, fmt.Errorf("%s -> %s: %w", from, to, err))
+			if err := n.GossipPair(from, to); err != nil {
+				errs = append(errs, err)
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// GossipPair makes to merge the ring of from, if from can reach it.
+func (n *Network) GossipPair(from, to string) error {
+	src, dst := n.Alloc(from), n.target(from, to)
+	if src == nil || dst == nil || from == to {
+		return nil
+	}
+	if err := dst.Alloc.MergeRemote(src.LocalState()); err != nil {
+		return fmt.Errorf("%s -> %s: %w", from, to, err)
+	}
+	return nil
 }
 
 type transport struct {
