@@ -29,7 +29,7 @@ type Network struct {
 	mu    sync.Mutex
 	nodes map[string]*Node
 	cfgs  map[string]ipalloc.Config // of every node ever added, for Restart
-	group map[string]int // partition group of each node; same group talks
+	group map[string]int            // partition group of each node; same group talks
 	// Drop, if set, is asked about every message and ring delivered; true drops it.
 	Drop func(from, to string) bool
 }
