@@ -292,7 +292,7 @@ func TestDonationTimeoutTriesAnotherPeer(t *testing.T) {
 		mustAlloc(t, n.Alloc("c"), key(i))
 	}
 	n.Gossip()
-	n.Drop = func(from, to string) bool { return to == "a" }
+	n.SetDrop(func(from, to string) bool { return to == "a" })
 	addr := mustAlloc(t, b, key(1))
 	if !netip.MustParsePrefix("10.0.0.128/25").Contains(addr) {
 		t.Errorf("b got %s, want an address from c's half", addr)
@@ -319,7 +319,7 @@ func TestConcurrentRmpeer(t *testing.T) {
 		t.Error("rmpeer of a live node: no error")
 	}
 	// a and b reclaim d at the same time, hearing nothing from each other.
-	n.Drop = func(from, to string) bool { return true }
+	n.SetDrop(func(from, to string) bool { return true })
 	for _, x := range []*ipalloc.Allocator{a, b} {
 		msg, err := x.Rmpeer(ctx, "d")
 		if err != nil || !strings.Contains(msg, "10.0.0.192/26") {
@@ -345,7 +345,7 @@ func TestConcurrentRmpeer(t *testing.T) {
 			}
 		}
 	}
-	n.Drop = nil
+	n.SetDrop(nil)
 	for range 2 {
 		if err := n.Gossip(); err != nil {
 			t.Fatal(err)

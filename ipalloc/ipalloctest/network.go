@@ -27,15 +27,14 @@ var ErrUnreachable = errors.New("peer unreachable")
 // partitioned or stopped. Its methods are safe for concurrent use.
 type Network struct {
 	mu    sync.Mutex
-	nodes map[string]*Node
+	nodes map[string]*node
 	cfgs  map[string]ipalloc.Config // of every node ever added, for Restart
 	group map[string]int            // partition group of each node; same group talks
-	// Drop, if set, is asked about every message and ring delivered; true drops it.
-	Drop func(from, to string) bool
+	drop  func(from, to string) bool
 }
 
-// Node is one allocator of the network.
-type Node struct {
+// node is one allocator of the network.
+type node struct {
 	Name  string
 	Alloc *ipalloc.Allocator
 	stop  context.CancelFunc
@@ -44,7 +43,7 @@ type Node struct {
 
 // NewNetwork returns an empty network.
 func NewNetwork() *Network {
-	return &Network{nodes: map[string]*Node{}, cfgs: map[string]ipalloc.Config{}, group: map[string]int{}}
+	return &Network{nodes: map[string]*node{}, cfgs: map[string]ipalloc.Config{}, group: map[string]int{}}
 }
 
 // Add starts an allocator with cfg, its Transport, Peers and Broadcast
@@ -70,10 +69,10 @@ func (n *Network) Add(t testing.TB, cfg ipalloc.Config) *ipalloc.Allocator {
 		t.Fatalf("start allocator %s: %v", self, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	node := &Node{Name: self, Alloc: a, stop: cancel, done: make(chan error, 1)}
-	go func() { node.done <- a.Run(ctx) }()
+	nd := &node{Name: self, Alloc: a, stop: cancel, done: make(chan error, 1)}
+	go func() { nd.done <- a.Run(ctx) }()
 	n.mu.Lock()
-	n.nodes[self] = node
+	n.nodes[self] = nd
 	n.cfgs[self] = cfg
 	n.mu.Unlock()
 	t.Cleanup(func() { n.Stop(self) })
@@ -99,15 +98,15 @@ func (n *Network) Restart(t testing.TB, name string) *ipalloc.Allocator {
 // disappears from everyone's live peers. Its state directory stays.
 func (n *Network) Stop(name string) {
 	n.mu.Lock()
-	node := n.nodes[name]
+	nd := n.nodes[name]
 	delete(n.nodes, name)
 	n.mu.Unlock()
-	if node == nil {
+	if nd == nil {
 		return
 	}
-	node.stop()
-	<-node.done
-	node.Alloc.Close()
+	nd.stop()
+	<-nd.done
+	nd.Alloc.Close()
 }
 
 // Partition splits the network into groups that cannot reach each other;
@@ -121,6 +120,14 @@ func (n *Network) Partition(groups ...[]string) {
 			n.group[name] = i + 1
 		}
 	}
+}
+
+// SetDrop installs a filter asked about every message and ring delivered
+// (true drops it); nil delivers everything again.
+func (n *Network) SetDrop(drop func(from, to string) bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.drop = drop
 }
 
 // Heal ends every partition.
@@ -142,8 +149,8 @@ func (n *Network) Nodes() []string {
 func (n *Network) Alloc(name string) *ipalloc.Allocator {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if node := n.nodes[name]; node != nil {
-		return node.Alloc
+	if nd := n.nodes[name]; nd != nil {
+		return nd.Alloc
 	}
 	return nil
 }
@@ -163,17 +170,17 @@ func (n *Network) Reachable(self string) []string {
 	return out
 }
 
-func (n *Network) target(from, to string) *Node {
+func (n *Network) target(from, to string) *node {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	node := n.nodes[to]
-	if node == nil || n.group[from] != n.group[to] {
+	nd := n.nodes[to]
+	if nd == nil || n.group[from] != n.group[to] {
 		return nil
 	}
-	if n.Drop != nil && n.Drop(from, to) {
+	if n.drop != nil && n.drop(from, to) {
 		return nil
 	}
-	return node
+	return nd
 }
 
 func (n *Network) broadcast(from string, data []byte) {
@@ -181,8 +188,8 @@ func (n *Network) broadcast(from string, data []byte) {
 		if to == from {
 			continue
 		}
-		if node := n.target(from, to); node != nil {
-			node.Alloc.MergeRemote(data)
+		if nd := n.target(from, to); nd != nil {
+			nd.Alloc.MergeRemote(data)
 		}
 	}
 }
@@ -224,9 +231,9 @@ type transport struct {
 
 // Send delivers msg to peer's HandleMessage, or fails with ErrUnreachable.
 func (t transport) Send(ctx context.Context, peer string, msg []byte) error {
-	node := t.n.target(t.self, peer)
-	if node == nil {
+	nd := t.n.target(t.self, peer)
+	if nd == nil {
 		return fmt.Errorf("send to %s: %w", peer, ErrUnreachable)
 	}
-	return node.Alloc.HandleMessage(t.self, msg)
+	return nd.Alloc.HandleMessage(t.self, msg)
 }
