@@ -9,12 +9,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -78,6 +80,7 @@ func runChild(cfgJSON string) int {
 		out.Encode(childReady{Err: err.Error()})
 		return 1
 	}
+	baseline := runtime.NumGoroutine()
 	tun, err := childOpen(cfg, logger)
 	if err != nil {
 		out.Encode(childReady{Err: err.Error()})
@@ -96,6 +99,14 @@ func runChild(cfgJSON string) int {
 				dev = nil
 			}
 			out.Encode(dev)
+		case "wait-done":
+			reply := childReady{Mode: "done"}
+			select {
+			case <-tun.Done():
+			case <-time.After(10 * time.Second):
+				reply.Err = "the device did not stop"
+			}
+			out.Encode(reply)
 		case "configure":
 			var wcfg wgtypes.Config
 			err := json.Unmarshal([]byte(arg), &wcfg)
@@ -112,6 +123,23 @@ func runChild(cfgJSON string) int {
 	if err := tun.Close(); err != nil {
 		logger.Error("close", "err", err)
 		return 1
+	}
+	return checkGoroutines(baseline, logger)
+}
+
+// checkGoroutines waits for the goroutines started since baseline to end, as
+// they must after Tunnel.Close, and fails the child with their stacks if they
+// do not.
+func checkGoroutines(baseline int, logger *slog.Logger) int {
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > baseline {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			logger.Error("goroutines leaked by Tunnel.Close", "count", runtime.NumGoroutine()-baseline,
+				"stacks", string(buf[:runtime.Stack(buf, true)]))
+			return 2
+		}
+		runtime.Gosched()
 	}
 	return 0
 }
@@ -310,6 +338,22 @@ func (c *child) configure(cfg wgtypes.Config) {
 	if reply.Err != "" {
 		c.t.Fatalf("configure: %s", reply.Err)
 	}
+}
+
+// waitDone asks the child to wait for Tunnel.Done.
+func (c *child) waitDone() error {
+	c.t.Helper()
+	if _, err := io.WriteString(c.stdin, "wait-done\n"); err != nil {
+		c.t.Fatal(err)
+	}
+	var reply childReady
+	if err := c.stdout.Decode(&reply); err != nil {
+		c.t.Fatal(err)
+	}
+	if reply.Err != "" {
+		return errors.New(reply.Err)
+	}
+	return nil
 }
 
 // stop closes the child's stdin, so that it closes its tunnel and exits.

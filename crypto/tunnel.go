@@ -109,8 +109,9 @@ type Tunnel struct {
 	dev      *device.Device
 	uapi     net.Listener
 	serving  sync.WaitGroup // the UAPI accept loop and its handlers
-	connsMu  sync.Mutex     // guards conns
+	connsMu  sync.Mutex     // guards conns and closing
 	conns    map[net.Conn]struct{}
+	closing  bool
 	closeErr error
 	closed   sync.Once
 }
@@ -156,6 +157,11 @@ func (t *Tunnel) serveUAPI() {
 			return // the listener was closed
 		}
 		t.connsMu.Lock()
+		if t.closing {
+			t.connsMu.Unlock()
+			c.Close()
+			return
+		}
 		if t.conns == nil {
 			t.conns = make(map[net.Conn]struct{})
 		}
@@ -185,6 +191,7 @@ func (t *Tunnel) Close() error {
 				errs = append(errs, err)
 			}
 			t.connsMu.Lock()
+			t.closing = true
 			for c := range t.conns {
 				c.Close()
 			}

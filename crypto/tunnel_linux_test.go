@@ -335,3 +335,23 @@ func TestTunnelTCPSurvivesADaemonRestart(t *testing.T) {
 	}
 	roundTrip("after the restart\n")
 }
+
+func TestTunnelDoneWhenTheInterfaceIsDeleted(t *testing.T) {
+	needRoot(t)
+	n := newNS(t)
+	name := uniqueName(t)
+	c := startChild(t, n, childConfig{Name: name, Mode: ModeUserspace, PrivateKey: newKey(t).String()})
+	if c.ready.Err != "" {
+		t.Fatalf("open tunnel: %s", c.ready.Err)
+	}
+	if err := n.Do(func(ns.NetNS) error { return DestroyTunnel(name) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.waitDone(); err != nil {
+		t.Fatalf("after the interface was deleted: %v", err)
+	}
+	c.stop() // Close after the device stopped by itself
+	if _, err := os.Stat(uapiSocketPath(name)); err == nil {
+		t.Error("the UAPI socket outlived the tunnel")
+	}
+}
