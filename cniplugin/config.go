@@ -174,3 +174,29 @@ func parseCNIArgs(s string) podArgs {
 	}
 	return p
 }
+
+// gcAttachments reads the valid attachments of a GC call. The key
+// "cni.dev/valid-attachments" must be there (the spec's first draft called
+// it "cni.dev/attachments", which is read too): without it GC would release
+// every pod of the node, so it is an error. An empty or null list is valid
+// and means that no attachment is.
+func gcAttachments(data []byte) ([]types.GCAttachment, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, decodeError(data, err)
+	}
+	for _, key := range []string{"cni.dev/valid-attachments", "cni.dev/attachments"} {
+		v, ok := raw[key]
+		if !ok {
+			continue
+		}
+		var valid []types.GCAttachment
+		if err := json.Unmarshal(v, &valid); err != nil {
+			return nil, configError(fmt.Sprintf("%s is not a list of attachments: %v", key, err),
+				"the runtime must send a list of {\"containerID\", \"ifname\"}")
+		}
+		return valid, nil
+	}
+	return nil, configError("GC without cni.dev/valid-attachments",
+		"the runtime must list the attachments that are still valid; weft-cni refuses to release every pod of the node")
+}

@@ -117,3 +117,30 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestGCAttachments(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int // -1: error
+	}{
+		{`{"cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"},{"containerID":"b","ifname":"eth0"}]}`, 2},
+		{`{"cni.dev/valid-attachments":[]}`, 0},
+		{`{"cni.dev/valid-attachments":null}`, 0},
+		{`{"cni.dev/attachments":[{"containerID":"a","ifname":"eth0"}]}`, 1},
+		{`{}`, -1},
+		{`{"cni.dev/valid-attachments":"all"}`, -1},
+		{`[`, -1},
+	}
+	for _, tt := range tests {
+		got, err := gcAttachments([]byte(tt.in))
+		if tt.want < 0 {
+			if err == nil {
+				t.Errorf("gcAttachments(%s) = %v, want an error", tt.in, got)
+			}
+			continue
+		}
+		if err != nil || len(got) != tt.want {
+			t.Errorf("gcAttachments(%s) = %v, %v; want %d attachments", tt.in, got, err, tt.want)
+		}
+	}
+}

@@ -255,9 +255,13 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	req := api.GCRequest{Valid: make([]api.Attachment, 0, len(conf.ValidAttachments))}
-	keep := make(map[string]bool, len(conf.ValidAttachments))
-	for _, a := range conf.ValidAttachments {
+	valid, err := gcAttachments(args.StdinData)
+	if err != nil {
+		return err
+	}
+	req := api.GCRequest{Valid: make([]api.Attachment, 0, len(valid))}
+	keep := make(map[string]bool, len(valid))
+	for _, a := range valid {
 		req.Valid = append(req.Valid, api.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
 		keep[HostVethName(a.ContainerID, a.IfName)] = true
 	}

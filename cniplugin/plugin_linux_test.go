@@ -336,6 +336,8 @@ func TestErrors(t *testing.T) {
 		}, code: types.ErrTryAgainLater, msg: "not in the mesh yet"},
 		{name: "prevResult in ADD", env: env("ADD"), stdin: strings.Replace(good, `"type"`, `"prevResult":{"cniVersion":"1.0.0"},"type"`, 1),
 			code: types.ErrUnsupportedField, msg: "first"},
+		{name: "GC without valid attachments", env: map[string]string{"CNI_COMMAND": "GC"}, stdin: strings.Replace(good, "1.0.0", "1.1.0", 1),
+			code: types.ErrInvalidNetworkConfig, msg: "valid-attachments"},
 		{name: "CHECK unknown container", env: env("CHECK"), stdin: good, code: types.ErrUnknownContainer, msg: "no allocation"},
 	}
 	before := snapshot(t, n.ns)
