@@ -1,0 +1,262 @@
+package mesh
+
+import (
+	"context"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+const converge = 15 * time.Second // generous deadline for gossip to converge
+
+func TestMembershipEventsAndLeave(t *testing.T) {
+	before := runtime.NumGoroutine()
+	n1 := startNode(t, testConfig(t, "n1"))
+	n2 := startNode(t, testConfig(t, "n2", n1.addr()))
+	n3 := startNode(t, testConfig(t, "n3", n1.addr()))
+	nodes := []*node{n1, n2, n3}
+	waitFullMesh(t, converge, nodes...)
+
+	for _, n := range nodes {
+		for _, p := range n.Members() {
+			if p.State != StateAlive || p.Meta.Name != p.Name || p.Meta.Endpoint != "127.0.0.1:6784" || p.Meta.PublicKey != testKey(byte(len(p.Name))) {
+				t.Errorf("%s sees member %+v: want alive with its metadata", n.cfg.NodeName, p)
+			}
+			if evs := n.eventsFor(p.Name); evs[0].Type != EventJoin {
+				t.Errorf("%s: first event for %s is %v, want join", n.cfg.NodeName, p.Name, evs[0].Type)
+			}
+		}
+		if evs := n.eventsFor(n.cfg.NodeName); len(evs) != 0 {
+			t.Errorf("%s got events about itself: %v", n.cfg.NodeName, evs)
+		}
+		if h := n.Health(); h.Members != 2 {
+			t.Errorf("%s: Health().Members = %d, want 2", n.cfg.NodeName, h.Members)
+		}
+		if l := n.Local(); l.Name != n.cfg.NodeName || l.Addr.String() != n.addr() || l.Meta.Proto != ProtoVersion {
+			t.Errorf("Local() = %+v", l)
+		}
+	}
+
+	t.Run("meta update", func(t *testing.T) {
+		meta := n2.Local().Meta
+		meta.Endpoint = "192.0.2.2:6784"
+		if err := n2.SetMeta(meta); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []*node{n1, n3} {
+			waitFor(t, converge, n.cfg.NodeName+" to see n2's update", func() bool {
+				ev, ok := n.lastEvent("n2")
+				return ok && ev.Type == EventUpdate && ev.Peer.Meta.Endpoint == "192.0.2.2:6784"
+			})
+		}
+		if err := n2.SetMeta(Meta{Name: "other"}); err == nil {
+			t.Error("SetMeta with another node's name succeeded")
+		}
+	})
+
+	t.Run("graceful leave", func(t *testing.T) {
+		n3.stop(t)
+		for _, n := range []*node{n1, n2} {
+			waitFor(t, converge, n.cfg.NodeName+" to see n3 leave", func() bool {
+				ev, ok := n.lastEvent("n3")
+				return ok && ev.Type == EventLeave && ev.Peer.State == StateLeft
+			})
+			if slices.Contains(n.memberNames(), "n3") {
+				t.Errorf("%s still lists n3 after its Leave event", n.cfg.NodeName)
+			}
+		}
+		if _, ok := <-n3.Events(); ok {
+			t.Error("Events channel not closed after Run returned")
+		}
+		if st := n3.Local().State; st != StateLeft {
+			t.Errorf("n3.Local().State = %v after Run returned, want left", st)
+		}
+	})
+
+	// No goroutine of the meshes outlives Run.
+	n1.stop(t)
+	n2.stop(t)
+	checkGoroutines(t, before)
+}
+
+func TestDeadNodeDetected(t *testing.T) {
+	n1 := startNode(t, testConfig(t, "n1"))
+	n2 := startNode(t, testConfig(t, "n2", n1.addr()))
+	n3 := startNode(t, testConfig(t, "n3", n1.addr()))
+	waitFullMesh(t, converge, n1, n2, n3)
+
+	// Shut n3 down without leaving, like kill -9.
+	killed := time.Now()
+	if err := n3.Close(); err != nil {
+		t.Fatal(err)
+	}
+	limit := n1.cfg.FailureDetectionTime(3)
+	for _, n := range []*node{n1, n2} {
+		waitFor(t, converge, n.cfg.NodeName+" to declare n3 dead", func() bool {
+			ev, ok := n.lastEvent("n3")
+			return ok && ev.Type == EventLeave && ev.Peer.State == StateDead
+		})
+		took := time.Since(killed)
+		t.Logf("%s declared n3 dead after %v (documented: %v)", n.cfg.NodeName, took.Round(time.Millisecond), limit)
+		// Allow scheduling slack on a loaded test machine.
+		if took > limit+time.Second {
+			t.Errorf("%s declared n3 dead after %v, documented failure detection time is %v", n.cfg.NodeName, took, limit)
+		}
+	}
+}
+
+func TestWrongKeyNeverAdmitted(t *testing.T) {
+	n1 := startNode(t, testConfig(t, "n1"))
+	n2 := startNode(t, testConfig(t, "n2", n1.addr()))
+	waitFullMesh(t, converge, n1, n2)
+
+	badCfg := testConfig(t, "intruder", n1.addr(), n2.addr())
+	badCfg.Key = make([]byte, KeySize) // another secret
+	bad := startNode(t, badCfg)
+	openCfg := testConfig(t, "insecure", n1.addr())
+	openCfg.Key = nil
+	open := startNode(t, openCfg)
+
+	// Let the outsiders try many times, and the members push/pull.
+	waitFor(t, converge, "outsiders to retry joining", func() bool {
+		return bad.joinAttempts.Load() >= 12 && open.joinAttempts.Load() >= 6
+	})
+	for _, n := range []*node{n1, n2} {
+		for _, name := range []string{"intruder", "insecure"} {
+			if evs := n.eventsFor(name); len(evs) > 0 {
+				t.Errorf("%s got events for %s: %v", n.cfg.NodeName, name, evs)
+			}
+		}
+		if got := n.memberNames(); !slices.Equal(got, []string{map[string]string{"n1": "n2", "n2": "n1"}[n.cfg.NodeName]}) {
+			t.Errorf("%s members = %v", n.cfg.NodeName, got)
+		}
+	}
+	for _, n := range []*node{bad, open} {
+		if got := n.memberNames(); len(got) != 0 {
+			t.Errorf("%s sees members %v", n.cfg.NodeName, got)
+		}
+	}
+	// The members' logs explain the rejection, without a line per packet.
+	logs := n1.logs.String()
+	if !strings.Contains(logs, "hint=") || !strings.Contains(logs, "secret") {
+		t.Errorf("n1 logs do not explain the key mismatch:\n%s", logs)
+	}
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, "hint=") && strings.Count(logs, line) > 1 {
+			t.Errorf("key mismatch line repeated: %s", line)
+		}
+	}
+	if l := bad.logs.String(); !strings.Contains(l, "cannot join any seed") || !strings.Contains(l, "secret") {
+		t.Errorf("intruder logs do not say it cannot join:\n%s", l)
+	}
+}
+
+func TestJoinBeforeSeedExists(t *testing.T) {
+	port := freePort(t)
+	seedCfg := testConfig(t, "seed")
+	seedCfg.BindPort = port
+	early := startNode(t, testConfig(t, "early", seedCfg.BindAddr+":"+strconv.Itoa(port)))
+	waitFor(t, converge, "early node to retry a few times", func() bool { return early.joinAttempts.Load() >= 3 })
+	if got := early.memberNames(); len(got) != 0 {
+		t.Fatalf("early node has members %v before its seed exists", got)
+	}
+	seed := startNode(t, seedCfg)
+	waitFullMesh(t, converge, seed, early)
+}
+
+func TestSeedComesBackMergesGroups(t *testing.T) {
+	port := freePort(t)
+	seedAddr := "127.0.0.1:" + strconv.Itoa(port)
+	a1 := startNode(t, testConfig(t, "a1", seedAddr))
+	a2 := startNode(t, testConfig(t, "a2", seedAddr, a1.addr()))
+	b1 := startNode(t, testConfig(t, "b1", seedAddr))
+	b2 := startNode(t, testConfig(t, "b2", seedAddr, b1.addr()))
+	waitFullMesh(t, converge, a1, a2)
+	waitFullMesh(t, converge, b1, b2)
+	if slices.Contains(a1.memberNames(), "b1") {
+		t.Fatal("groups met without their seed")
+	}
+	seedCfg := testConfig(t, "seed")
+	seedCfg.BindPort = port
+	seed := startNode(t, seedCfg)
+	waitFullMesh(t, converge, seed, a1, a2, b1, b2)
+}
+
+func TestPartitionHeals(t *testing.T) {
+	p := &partition{}
+	cfg := func(name string, seeds ...string) Config {
+		c := testConfig(t, name, seeds...)
+		c.wrapTransport = p.wrap
+		return c
+	}
+	s := startNode(t, cfg("s"))
+	a1 := startNode(t, cfg("a1", s.addr()))
+	a2 := startNode(t, cfg("a2", s.addr()))
+	b1 := startNode(t, cfg("b1", s.addr()))
+	b2 := startNode(t, cfg("b2", s.addr()))
+	all := []*node{a1, a2, b1, b2}
+	waitFullMesh(t, converge, append(all, s)...)
+
+	// The seed goes away for good, so only the addresses of departed
+	// members can bring the halves back together.
+	s.stop(t)
+	groupA, groupB := []*node{a1, a2}, []*node{b1, b2}
+	p.set(true, groupA, groupB)
+	waitSees := func(ns []*node, peers []*node, want EventType) {
+		t.Helper()
+		for _, n := range ns {
+			for _, o := range peers {
+				waitFor(t, converge, n.cfg.NodeName+" to see "+want.String()+" of "+o.cfg.NodeName, func() bool {
+					ev, ok := n.lastEvent(o.cfg.NodeName)
+					return ok && ev.Type == want
+				})
+			}
+		}
+	}
+	waitSees(groupA, groupB, EventLeave)
+	waitSees(groupB, groupA, EventLeave)
+	if got := a1.memberNames(); !slices.Equal(got, []string{"a2"}) {
+		t.Fatalf("a1 members during partition = %v, want [a2]", got)
+	}
+
+	p.set(false)
+	waitFullMesh(t, converge, all...)
+}
+
+func TestRunStopsWhileJoining(t *testing.T) {
+	// A node whose seed never answers must still stop promptly.
+	n := newNode(t, testConfig(t, "lonely", "127.0.0.1:"+strconv.Itoa(freePort(t))))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	waitFor(t, converge, "join attempts", func() bool { return n.joinAttempts.Load() >= 2 })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	if err := n.Run(context.Background()); err == nil {
+		t.Fatal("second Run succeeded")
+	}
+}
+
+// checkGoroutines waits until no more goroutines run than before.
+func checkGoroutines(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			t.Fatalf("%d goroutines running, %d before the test:\n%s", runtime.NumGoroutine(), before, buf)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
