@@ -1,0 +1,455 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// Input is everything the compiler looks at. The objects are read, never
+// modified; nil entries are skipped.
+type Input struct {
+	// NodeName is this node: its pods are those with spec.nodeName ==
+	// NodeName and a pod IP.
+	NodeName   string
+	Pods       []*corev1.Pod
+	Namespaces []*corev1.Namespace
+	Policies   []*networkingv1.NetworkPolicy
+	// NodeAddrs are this node's own addresses; traffic from them to local
+	// pods is always allowed (kubelet probes).
+	NodeAddrs []netip.Addr
+}
+
+// namespaceNameLabel is set on every namespace by the API server; it is
+// assumed for namespaces the input does not list.
+const namespaceNameLabel = "kubernetes.io/metadata.name"
+
+type podInfo struct {
+	pod    *corev1.Pod
+	key    string
+	ips    []netip.Addr
+	labels labels.Set
+	local  bool
+}
+
+// namedPort returns the port numbers the pod names name for proto.
+func (p *podInfo) namedPort(name string, proto Proto) []uint16 {
+	var out []uint16
+	scan := func(cs []corev1.Container) {
+		for _, c := range cs {
+			for _, cp := range c.Ports {
+				if cp.Name == name && protoOf(cp.Protocol) == proto && cp.ContainerPort > 0 && cp.ContainerPort < 65536 {
+					out = append(out, uint16(cp.ContainerPort))
+				}
+			}
+		}
+	}
+	scan(p.pod.Spec.Containers)
+	scan(p.pod.Spec.InitContainers)
+	return out
+}
+
+type compiler struct {
+	nsLabels map[string]labels.Set
+	nsNames  []string // sorted: every namespace of the input or of a pod
+	pods     []*podInfo
+	byNS     map[string][]*podInfo
+	warnings []string
+}
+
+// Compile computes the rule set of the pods on in.NodeName. It is pure:
+// the same input gives the same RuleSet.
+func Compile(in Input) RuleSet {
+	c := newCompiler(in)
+	rs := RuleSet{NodeAddrs: sortedAddrs(in.NodeAddrs)}
+	local := map[*podInfo]*PodRules{}
+	var order []*podInfo
+	for _, p := range c.pods {
+		if p.local {
+			local[p] = &PodRules{Namespace: p.pod.Namespace, Name: p.pod.Name, IPs: p.ips}
+			order = append(order, p)
+		}
+	}
+	for _, pol := range sortedPolicies(in.Policies) {
+		c.compilePolicy(pol, local)
+	}
+	for _, p := range order {
+		r := local[p]
+		for _, d := range []*DirRules{&r.Ingress, &r.Egress} {
+			slices.Sort(d.Policies)
+			d.Grants = dedupGrants(d.Grants)
+			d.Allow = mergeGrants(d.Grants, p.ips)
+		}
+		rs.Pods = append(rs.Pods, *r)
+	}
+	slices.SortFunc(rs.Pods, func(a, b PodRules) int { return strings.Compare(a.Key(), b.Key()) })
+	rs.Warnings = c.warnings
+	return rs
+}
+
+func newCompiler(in Input) *compiler {
+	c := &compiler{nsLabels: map[string]labels.Set{}, byNS: map[string][]*podInfo{}}
+	for _, ns := range in.Namespaces {
+		if ns == nil {
+			continue
+		}
+		l := labels.Set{}
+		for k, v := range ns.Labels {
+			l[k] = v
+		}
+		if _, ok := l[namespaceNameLabel]; !ok {
+			l[namespaceNameLabel] = ns.Name
+		}
+		c.nsLabels[ns.Name] = l
+	}
+	for _, pod := range in.Pods {
+		if pod == nil || pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		ips := podIPs(pod)
+		if len(ips) == 0 {
+			continue
+		}
+		p := &podInfo{
+			pod: pod, key: pod.Namespace + "/" + pod.Name, ips: ips,
+			labels: labels.Set(pod.Labels),
+			local:  in.NodeName != "" && pod.Spec.NodeName == in.NodeName,
+		}
+		c.pods = append(c.pods, p)
+		c.byNS[pod.Namespace] = append(c.byNS[pod.Namespace], p)
+		if _, ok := c.nsLabels[pod.Namespace]; !ok {
+			c.nsLabels[pod.Namespace] = labels.Set{namespaceNameLabel: pod.Namespace}
+		}
+	}
+	for ns := range c.nsLabels {
+		c.nsNames = append(c.nsNames, ns)
+	}
+	slices.Sort(c.nsNames)
+	return c
+}
+
+// podIPs returns the pod's valid addresses, sorted and unique.
+func podIPs(pod *corev1.Pod) []netip.Addr {
+	var out []netip.Addr
+	add := func(s string) {
+		if a, err := netip.ParseAddr(s); err == nil {
+			a = a.Unmap()
+			if !slices.Contains(out, a) {
+				out = append(out, a)
+			}
+		}
+	}
+	for _, ip := range pod.Status.PodIPs {
+		add(ip.IP)
+	}
+	if pod.Status.PodIP != "" {
+		add(pod.Status.PodIP)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+func sortedAddrs(in []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range in {
+		if a.IsValid() {
+			out = append(out, a.Unmap())
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}
+
+func sortedPolicies(in []*networkingv1.NetworkPolicy) []*networkingv1.NetworkPolicy {
+	out := slices.DeleteFunc(slices.Clone(in), func(p *networkingv1.NetworkPolicy) bool { return p == nil })
+	slices.SortFunc(out, func(a, b *networkingv1.NetworkPolicy) int {
+		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	})
+	return out
+}
+
+func (c *compiler) warnf(format string, args ...any) {
+	c.warnings = append(c.warnings, fmt.Sprintf(format, args...))
+}
+
+// selector converts a label selector; an invalid one selects nothing.
+func (c *compiler) selector(polKey, what string, s *metav1.LabelSelector) labels.Selector {
+	sel, err := metav1.LabelSelectorAsSelector(s)
+	if err != nil {
+		c.warnf("policy %s: %s: %v; it selects nothing", polKey, what, err)
+		return labels.Nothing()
+	}
+	return sel
+}
+
+// policyTypes returns the directions a policy applies to.
+func policyTypes(pol *networkingv1.NetworkPolicy) (ingress, egress bool) {
+	if len(pol.Spec.PolicyTypes) == 0 {
+		return true, len(pol.Spec.Egress) > 0
+	}
+	for _, t := range pol.Spec.PolicyTypes {
+		switch t {
+		case networkingv1.PolicyTypeIngress:
+			ingress = true
+		case networkingv1.PolicyTypeEgress:
+			egress = true
+		}
+	}
+	return ingress, egress
+}
+
+func (c *compiler) compilePolicy(pol *networkingv1.NetworkPolicy, local map[*podInfo]*PodRules) {
+	key := pol.Namespace + "/" + pol.Name
+	sel := c.selector(key, "podSelector", &pol.Spec.PodSelector)
+	var targets []*podInfo
+	for _, p := range c.byNS[pol.Namespace] {
+		if p.local && sel.Matches(p.labels) {
+			targets = append(targets, p)
+		}
+	}
+	if len(targets) == 0 {
+		return
+	}
+	ingress, egress := policyTypes(pol)
+	if ingress {
+		rules := make([]peerSet, len(pol.Spec.Ingress))
+		for i, r := range pol.Spec.Ingress {
+			rules[i] = c.peers(key, pol.Namespace, r.From)
+		}
+		for _, t := range targets {
+			d := &local[t].Ingress
+			d.Policies = append(d.Policies, key)
+			for i, r := range pol.Spec.Ingress {
+				d.Grants = c.ingressGrants(d.Grants, key, rules[i], r.Ports, t)
+			}
+		}
+	}
+	if egress {
+		rules := make([]peerSet, len(pol.Spec.Egress))
+		var grants []Grant
+		for i, r := range pol.Spec.Egress {
+			rules[i] = c.peers(key, pol.Namespace, r.To)
+			grants = c.egressGrants(grants, key, rules[i], r.Ports)
+		}
+		for _, t := range targets {
+			d := &local[t].Egress
+			d.Policies = append(d.Policies, key)
+			d.Grants = append(d.Grants, grants...)
+		}
+	}
+}
+
+// peerSet is the peers of one rule.
+type peerSet struct {
+	all    bool        // no peers listed: every address
+	ranges []AddrRange // addresses: the pods' IPs and the ipBlocks
+	pods   map[*podInfo]bool // pods selected by selectors (for named ports)
+	blocks []AddrRange // ipBlock ranges (for named ports of pods inside)
+}
+
+var (
+	allV4 = AddrRange{netip.IPv4Unspecified(), netip.AddrFrom4([4]byte{255, 255, 255, 255})}
+	allV6 = AddrRange{netip.IPv6Unspecified(), netip.AddrFrom16([16]byte{
+		255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255})}
+)
+
+func (c *compiler) peers(polKey, polNS string, peers []networkingv1.NetworkPolicyPeer) peerSet {
+	if len(peers) == 0 {
+		return peerSet{all: true, ranges: []AddrRange{allV4, allV6}}
+	}
+	ps := peerSet{pods: map[*podInfo]bool{}}
+	for _, peer := range peers {
+		switch {
+		case peer.IPBlock != nil:
+			rs, err := blockRanges(peer.IPBlock)
+			if err != nil {
+				c.warnf("policy %s: %v; the peer matches nothing", polKey, err)
+				continue
+			}
+			ps.ranges = append(ps.ranges, rs...)
+			ps.blocks = append(ps.blocks, rs...)
+		case peer.PodSelector != nil || peer.NamespaceSelector != nil:
+			for _, p := range c.selectPeerPods(polKey, polNS, peer) {
+				if !ps.pods[p] {
+					ps.pods[p] = true
+					for _, a := range p.ips {
+						ps.ranges = append(ps.ranges, AddrRange{a, a})
+					}
+				}
+			}
+		default:
+			c.warnf("policy %s: a peer has neither selectors nor ipBlock; it matches nothing", polKey)
+		}
+	}
+	return ps
+}
+
+func (c *compiler) selectPeerPods(polKey, polNS string, peer networkingv1.NetworkPolicyPeer) []*podInfo {
+	podSel := labels.Everything()
+	if peer.PodSelector != nil {
+		podSel = c.selector(polKey, "peer podSelector", peer.PodSelector)
+	}
+	namespaces := []string{polNS}
+	if peer.NamespaceSelector != nil {
+		nsSel := c.selector(polKey, "peer namespaceSelector", peer.NamespaceSelector)
+		namespaces = nil
+		for _, ns := range c.nsNames {
+			if nsSel.Matches(c.nsLabels[ns]) {
+				namespaces = append(namespaces, ns)
+			}
+		}
+	}
+	var out []*podInfo
+	for _, ns := range namespaces {
+		for _, p := range c.byNS[ns] {
+			if podSel.Matches(p.labels) {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// blockRanges returns an ipBlock as disjoint ranges: its CIDR without the
+// excepted CIDRs.
+func blockRanges(b *networkingv1.IPBlock) ([]AddrRange, error) {
+	cidr, err := netip.ParsePrefix(b.CIDR)
+	if err != nil {
+		return nil, fmt.Errorf("ipBlock cidr %q: %w", b.CIDR, err)
+	}
+	cidr = netip.PrefixFrom(cidr.Addr().Unmap(), min(cidr.Bits(), cidr.Addr().Unmap().BitLen())).Masked()
+	out := []AddrRange{prefixRange(cidr)}
+	for _, e := range b.Except {
+		ex, err := netip.ParsePrefix(e)
+		if err != nil {
+			return nil, fmt.Errorf("ipBlock except %q: %w", e, err)
+		}
+		ex = netip.PrefixFrom(ex.Addr().Unmap(), min(ex.Bits(), ex.Addr().Unmap().BitLen())).Masked()
+		out = subtractRange(out, prefixRange(ex))
+	}
+	return out, nil
+}
+
+func protoOf(p corev1.Protocol) Proto {
+	switch p {
+	case "", corev1.ProtocolTCP:
+		return ProtoTCP
+	case corev1.ProtocolUDP:
+		return ProtoUDP
+	case corev1.ProtocolSCTP:
+		return ProtoSCTP
+	}
+	return ProtoAny // unknown
+}
+
+// portSpec is one NetworkPolicyPort, validated.
+type portSpec struct {
+	proto Proto
+	name  string    // named port, or
+	ports PortRange // numbers (ports.From > ports.To: matches nothing)
+}
+
+func (c *compiler) portSpecs(polKey string, ports []networkingv1.NetworkPolicyPort) []portSpec {
+	var out []portSpec
+	for _, p := range ports {
+		proto := ProtoTCP
+		if p.Protocol != nil {
+			proto = protoOf(*p.Protocol)
+			if proto == ProtoAny {
+				c.warnf("policy %s: unknown protocol %q; the port matches nothing", polKey, *p.Protocol)
+				continue
+			}
+		}
+		switch {
+		case p.Port == nil:
+			out = append(out, portSpec{proto: proto, ports: AllPorts})
+		case p.Port.Type == intstr.String:
+			out = append(out, portSpec{proto: proto, name: p.Port.StrVal})
+		default:
+			from := p.Port.IntVal
+			to := from
+			if p.EndPort != nil {
+				to = *p.EndPort
+			}
+			if from < 0 || to > 65535 || from > to {
+				c.warnf("policy %s: port range %d-%d is empty or invalid; it matches nothing", polKey, from, to)
+				continue
+			}
+			out = append(out, portSpec{proto: proto, ports: PortRange{uint16(from), uint16(to)}})
+		}
+	}
+	return out
+}
+
+func (c *compiler) ingressGrants(out []Grant, polKey string, peers peerSet, ports []networkingv1.NetworkPolicyPort, target *podInfo) []Grant {
+	if len(ports) == 0 {
+		for _, r := range peers.ranges {
+			out = append(out, Grant{polKey, Entry{Peer: r, Proto: ProtoAny, Ports: AllPorts}})
+		}
+		return out
+	}
+	for _, ps := range c.portSpecs(polKey, ports) {
+		nums := []PortRange{ps.ports}
+		if ps.name != "" {
+			nums = nums[:0]
+			for _, n := range target.namedPort(ps.name, ps.proto) {
+				nums = append(nums, PortRange{n, n})
+			}
+		}
+		for _, pr := range nums {
+			for _, r := range peers.ranges {
+				out = append(out, Grant{polKey, Entry{Peer: r, Proto: ps.proto, Ports: pr}})
+			}
+		}
+	}
+	return out
+}
+
+func (c *compiler) egressGrants(out []Grant, polKey string, peers peerSet, ports []networkingv1.NetworkPolicyPort) []Grant {
+	if len(ports) == 0 {
+		for _, r := range peers.ranges {
+			out = append(out, Grant{polKey, Entry{Peer: r, Proto: ProtoAny, Ports: AllPorts}})
+		}
+		return out
+	}
+	for _, ps := range c.portSpecs(polKey, ports) {
+		if ps.name == "" {
+			for _, r := range peers.ranges {
+				out = append(out, Grant{polKey, Entry{Peer: r, Proto: ps.proto, Ports: ps.ports}})
+			}
+			continue
+		}
+		// A named port resolves on each destination pod the peers admit.
+		for _, dst := range c.pods {
+			nums := dst.namedPort(ps.name, ps.proto)
+			if len(nums) == 0 {
+				continue
+			}
+			for _, a := range dst.ips {
+				if !peers.all && !peers.pods[dst] && !inRanges(peers.blocks, a) {
+					continue
+				}
+				for _, n := range nums {
+					out = append(out, Grant{polKey, Entry{Peer: AddrRange{a, a}, Proto: ps.proto, Ports: PortRange{n, n}}})
+				}
+			}
+		}
+	}
+	return out
+}
+
+func inRanges(rs []AddrRange, a netip.Addr) bool {
+	for _, r := range rs {
+		if r.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
