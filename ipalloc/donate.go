@@ -109,7 +109,7 @@ func (a *Allocator) askDonation(ctx context.Context, peer string, id uint64, ans
 func (a *Allocator) serveDonation(ctx context.Context, in inbound) {
 	a.mu.Lock()
 	reason := ""
-	var data []byte
+	var data, delta []byte // the whole ring for the requester, a delta for everyone
 	span, ok := a.donationSpan()
 	switch {
 	case !ok:
@@ -128,6 +128,7 @@ func (a *Allocator) serveDonation(ctx context.Context, in inbound) {
 		}
 		a.recompute()
 		data = a.ring.Encode(a.cfg.Self)
+		delta = a.ring.Delta([]ring.Span{span}, a.cfg.Self).Encode(a.cfg.Self)
 		a.log.Info("donated addresses", "peer", in.from, "cidr", a.ring.SpanCIDRs(span), "count", span.Len())
 	}
 	a.mu.Unlock()
@@ -142,8 +143,8 @@ func (a *Allocator) serveDonation(ctx context.Context, in inbound) {
 		}
 		cancel()
 	}
-	if data != nil && a.cfg.Broadcast != nil {
-		a.cfg.Broadcast(slices.Clone(data))
+	if delta != nil && a.cfg.Broadcast != nil {
+		a.cfg.Broadcast(delta)
 	}
 }
 

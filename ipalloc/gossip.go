@@ -11,15 +11,16 @@ import (
 	"github.com/weftnet/weft/ipalloc/ring"
 )
 
-// LocalState is this node's ring, encoded, for memberlist push/pull and
-// broadcasts. The slice is the caller's.
+// LocalState is this node's whole ring, encoded, for memberlist push/pull
+// (tens of kilobytes for a thousand nodes). The slice is the caller's.
 func (a *Allocator) LocalState() []byte {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.ring.Encode(a.cfg.Self)
 }
 
-// MergeRemote folds a ring from gossip into this node's. A ring of another
+// MergeRemote folds a ring from gossip (LocalState of a peer, or a delta
+// it broadcast) into this node's. A ring of another
 // genesis is refused with an error wrapping ErrDifferentGenesis (logged and
 // shown in Status); an undecodable one with another error. Either way this
 // node's ring is unchanged.
@@ -57,10 +58,11 @@ func (a *Allocator) mergeLocked(data []byte) (bool, error) {
 		return false, fmt.Errorf("ring from %s: %w", origin, err)
 	}
 	if origin != "" && origin != a.cfg.Self && r.Seeded() {
-		if !a.synced {
+		// Only a whole ring tells a restarted node what it lost while away.
+		if !a.synced && !r.Partial() {
 			a.log.Info("heard the ring from a peer; allocating", "peer", origin)
+			a.synced = true
 		}
-		a.synced = true
 		for _, c := range a.claims {
 			if all, _ := r.Holds(c.span(), c.label()); all {
 				c.acks[origin] = true
@@ -195,7 +197,11 @@ func (a *Allocator) Rmpeer(ctx context.Context, node string) (string, error) {
 	a.checkClaims()
 	a.recompute()
 	pending := len(a.claims) > 0
-	data := a.ring.Encode(a.cfg.Self)
+	spans := make([]ring.Span, 0, len(claims))
+	for _, c := range claims {
+		spans = append(spans, c.Span)
+	}
+	data := a.ring.Delta(spans, a.cfg.Self).Encode(a.cfg.Self)
 	a.mu.Unlock()
 	a.signal()
 	if a.cfg.Broadcast != nil {

@@ -107,10 +107,11 @@ type Config struct {
 	// Peers returns the names of the live members (this node may be among
 	// them); nil: no peers.
 	Peers func() []string
-	// Broadcast, if set, is called (outside any lock, not concurrently with
-	// itself from one change) with the encoded ring after a local change
-	// others must hear of soon: a donation given or received, a reclaim.
-	// It must not block; the slice is the callee's.
+	// Broadcast, if set, is called (outside any lock) after a local change
+	// every node must hear of soon (a donation given, a reclaim) with a
+	// delta of the ring: a few dozen bytes, small enough for one gossip
+	// packet, to be handed to MergeRemote on every other node. It must not
+	// block; the slice is the callee's.
 	Broadcast      func(ring []byte)
 	Logger         *slog.Logger     // default slog.Default()
 	RequestTimeout time.Duration    // how long to wait for a donation before asking another peer; default 5s

@@ -11,7 +11,7 @@ import (
 // Wire format, version 1 (all integers unsigned varints unless noted):
 //
 //	"WR" 0x01            magic and format version
-//	flags (1 byte)       bit 0: seeded
+//	flags (1 byte)       bit 0: seeded; bit 1: partial (a delta)
 //	prefix (4+1 bytes)   first address, prefix length
 //	genesis (16 bytes)   only when seeded
 //	origin               length + bytes: the node that encoded the ring
@@ -58,6 +58,9 @@ func (r *Ring) Encode(origin string) []byte {
 	var flags byte
 	if r.Seeded() {
 		flags |= 1
+	}
+	if r.partial {
+		flags |= 2
 	}
 	b = append(b, flags)
 	a := r.prefix.Addr().As4()
@@ -177,7 +180,7 @@ func decode(data []byte) (*Ring, string, error) {
 		return nil, "", fmt.Errorf("unknown format %d", head[2])
 	}
 	flags := head[3]
-	if flags&^1 != 0 {
+	if flags&^3 != 0 {
 		return nil, "", fmt.Errorf("unknown flags %#x", flags)
 	}
 	pb := d.bytes(5)
@@ -192,6 +195,7 @@ func decode(data []byte) (*Ring, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
+	r.partial = flags&2 != 0
 	if flags&1 != 0 {
 		copy(r.genesis[:], d.bytes(16))
 		if d.err == nil && r.genesis.IsZero() {

@@ -12,6 +12,7 @@ func seedCorpus(f *testing.F) {
 	g.Reclaim("d", "b")
 	g.SetFree("a", 3)
 	f.Add(g.Encode("d"))
+	f.Add(g.Delta([]Span{{5, 30}}, "a").Encode("a"))
 	e, _ := NewEmpty(p24)
 	f.Add(e.Encode(""))
 	f.Add([]byte("WR\x01\x01"))
@@ -60,6 +61,12 @@ func FuzzMerge(f *testing.F) {
 			a := s.Start + rng.Uint64N(s.Len())
 			base.Transfer("a", "b", Span{a, a + 1})
 		}
+		if o.Partial() {
+			// A delta merges into whole rings only.
+			if _, err := o.Clone().Merge(base); err == nil {
+				t.Fatal("merged into a delta")
+			}
+		}
 		for _, r := range []*Ring{base, mustEmpty(o)} {
 			before := r.Clone()
 			if _, err := r.Merge(o); err != nil {
@@ -74,6 +81,9 @@ func FuzzMerge(f *testing.F) {
 			again := r.Clone()
 			if _, err := again.Merge(o); err != nil || !again.Equal(r) {
 				t.Fatal("merge is not idempotent")
+			}
+			if o.Partial() {
+				continue
 			}
 			other := o.Clone()
 			if _, err := other.Merge(before); err != nil {

@@ -1,6 +1,7 @@
 package ring
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -11,15 +12,22 @@ import (
 // o's genesis. It reports whether the ownership of any address changed
 // (free registers excepted). On error r is unchanged.
 func (r *Ring) Merge(o *Ring) (changed bool, err error) {
+	if r.partial {
+		return false, errors.New("cannot merge into a delta")
+	}
 	if o.prefix != r.prefix {
 		return false, fmt.Errorf("%w: other ring covers %v, this one %v", ErrDifferentGenesis, o.prefix, r.prefix)
 	}
 	if err := o.Validate(); err != nil {
 		return false, fmt.Errorf("refuse ring: %w", err)
 	}
+	learn := o.Seeded()
 	switch {
 	case !o.Seeded():
 		// Nothing to learn about ownership; free registers still merge.
+	case !r.Seeded() && o.partial:
+		// A delta cannot seed a ring: wait for a whole one.
+		learn = false
 	case !r.Seeded():
 		// adopt below
 	case o.genesis != r.genesis:
@@ -27,8 +35,8 @@ func (r *Ring) Merge(o *Ring) (changed bool, err error) {
 	}
 	merged := r.entries
 	genesis := r.genesis
-	if o.Seeded() {
-		merged = mergeEntries(r.entries, o.entries, r.size)
+	if learn {
+		merged = mergeEntries(r.entries, o.entries)
 		genesis = o.genesis
 		changed = !slices.Equal(merged, r.entries)
 	}
@@ -48,7 +56,7 @@ func (r *Ring) Merge(o *Ring) (changed bool, err error) {
 
 // mergeEntries is the pointwise maximum of two canonical entry lists that
 // both cover [0, size), in canonical form.
-func mergeEntries(a, b []Entry, size uint64) []Entry {
+func mergeEntries(a, b []Entry) []Entry {
 	out := make([]Entry, 0, max(len(a), len(b)))
 	i, j := 0, 0
 	var la, lb Label
@@ -216,7 +224,7 @@ func (r *Ring) SetFree(owner string, count uint64) {
 // unseeded ring has no entries; names are well formed.
 func (r *Ring) Validate() error {
 	if !r.Seeded() {
-		if len(r.entries) != 0 {
+		if len(r.entries) != 0 || r.partial {
 			return fmt.Errorf("%w: unseeded ring has %d entries", ErrInvariant, len(r.entries))
 		}
 	} else {
@@ -232,6 +240,9 @@ func (r *Ring) Validate() error {
 			}
 			if i > 0 && e.Label == r.entries[i-1].Label {
 				return fmt.Errorf("%w: entries %d and %d are not joined", ErrInvariant, i-1, i)
+			}
+			if r.partial && e.Label == (Label{}) {
+				continue // unknown in a delta
 			}
 			if err := checkName(e.Owner); err != nil {
 				return fmt.Errorf("%w: entry %d: address %s has no valid owner: %v", ErrInvariant, i, r.Addr(uint64(e.Start)), err)

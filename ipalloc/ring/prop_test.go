@@ -113,6 +113,24 @@ func randomRings(t *testing.T, rng *rand.Rand, steps int) ([]*simPeer, []*Ring) 
 			p.m.reclaim(p.name, dead)
 		case op < 5: // free register
 			p.r.SetFree(p.name, rng.Uint64N(256))
+		case op < 7: // a delta of one random span reaches q
+			q := peers[rng.IntN(len(peers))]
+			a := rng.Uint64N(256)
+			s := Span{a, a + 1 + rng.Uint64N(256-a)}
+			d, _, err := Decode(p.r.Delta([]Span{s}, p.name).Encode(p.name))
+			if err != nil {
+				t.Fatalf("step %d: decode delta: %v", step, err)
+			}
+			if _, err := q.r.Merge(d); err != nil {
+				t.Fatalf("step %d: merge delta: %v", step, err)
+			}
+			if p.m != nil && q.m != nil {
+				for off := s.Start; off < s.End; off++ {
+					if q.m[off].Less(p.m[off]) {
+						q.m[off] = p.m[off]
+					}
+				}
+			}
 		default: // gossip: q learns p's ring, through the encoding
 			q := peers[rng.IntN(len(peers))]
 			o, origin, err := Decode(p.r.Encode(p.name))

@@ -127,6 +127,7 @@ type Ring struct {
 	base    uint32
 	size    uint64
 	genesis Genesis // zero: not seeded yet, entries empty
+	partial bool    // a delta: the zero label (unknown) is allowed
 	entries []Entry
 	free    map[string]Free
 }
@@ -244,6 +245,10 @@ func (r *Ring) Size() uint64 { return r.size }
 // Genesis is the ring's identity, zero while unseeded.
 func (r *Ring) Genesis() Genesis { return r.genesis }
 
+// Partial reports whether r is a delta (see Delta): it tells only about
+// some addresses.
+func (r *Ring) Partial() bool { return r.partial }
+
 // Seeded reports whether the ring has a genesis.
 func (r *Ring) Seeded() bool { return !r.genesis.IsZero() }
 
@@ -279,7 +284,7 @@ func (r *Ring) Clone() *Ring {
 
 // Equal reports whether r and o hold the same knowledge.
 func (r *Ring) Equal(o *Ring) bool {
-	if r.prefix != o.prefix || r.genesis != o.genesis || !slices.Equal(r.entries, o.entries) || len(r.free) != len(o.free) {
+	if r.prefix != o.prefix || r.genesis != o.genesis || r.partial != o.partial || !slices.Equal(r.entries, o.entries) || len(r.free) != len(o.free) {
 		return false
 	}
 	for k, v := range r.free {
@@ -343,6 +348,32 @@ func (r *Ring) Owned(owner string) uint64 {
 		n += s.Len()
 	}
 	return n
+}
+
+// Delta returns a partial ring that holds r's labels on spans only (the
+// zero label, which every label beats, elsewhere) and the free registers of
+// owners. Merging it has the same effect on those spans as merging r, so it
+// is what a node broadcasts after a local change: a few entries instead of
+// the whole ring. The delta of an unseeded ring carries free registers only.
+func (r *Ring) Delta(spans []Span, owners ...string) *Ring {
+	d := &Ring{prefix: r.prefix, base: r.base, size: r.size, genesis: r.genesis, partial: r.Seeded(), free: map[string]Free{}}
+	if r.Seeded() {
+		d.entries = []Entry{{Start: 0}}
+		for _, s := range spans {
+			s.End = min(s.End, r.size)
+			if ps, err := r.pieces(s); err == nil {
+				for _, p := range ps {
+					d.set(p.span, p.label)
+				}
+			}
+		}
+	}
+	for _, o := range owners {
+		if f, ok := r.free[o]; ok {
+			d.free[o] = f
+		}
+	}
+	return d
 }
 
 // Owners returns every node owning at least one address, sorted.

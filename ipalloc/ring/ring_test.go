@@ -261,3 +261,35 @@ func mustMerge(t testing.TB, r, o *Ring) bool {
 	}
 	return changed
 }
+
+func TestDelta(t *testing.T) {
+	g := mustGenesis(t, "10.0.0.0/24", "a", "b")
+	full := g.Clone()
+	if err := full.Transfer("a", "c", Span{16, 32}); err != nil {
+		t.Fatal(err)
+	}
+	full.SetFree("a", 100)
+	d := full.Delta([]Span{{16, 32}}, "a")
+	got, _, err := Decode(d.Encode("a"))
+	if err != nil || !got.Partial() || len(got.Entries()) != 3 {
+		t.Fatalf("delta: %v, %+v", err, got)
+	}
+	if n := len(d.Encode("a")); n > 80 {
+		t.Errorf("delta of one span is %d bytes", n)
+	}
+	mine := g.Clone()
+	if changed := mustMerge(t, mine, got); !changed {
+		t.Error("delta changed nothing")
+	}
+	if !mine.Equal(full) {
+		t.Error("merging the delta differs from merging the whole ring")
+	}
+	// A delta cannot seed an empty ring, nor be merged into.
+	e, _ := NewEmpty(p24)
+	if changed, err := e.Merge(got); err != nil || changed || e.Seeded() {
+		t.Errorf("empty ring took a delta: %v %v", changed, err)
+	}
+	if _, err := got.Merge(full); err == nil {
+		t.Error("merged into a delta")
+	}
+}
