@@ -51,23 +51,28 @@ func bridgeChain(c *nftables.Conn) *nftables.Chain {
 	})
 }
 
-// routerChains are the router's chains: forward and input filters and
-// source NAT.
-func routerChains(c *nftables.Conn) (forward, input, postrouting *nftables.Chain) {
+// routerChains are the router's chains. Cuts live in a chain of their own
+// that runs before the NAT filters, so an accept there never undoes a cut.
+type routerChains struct {
+	cut, forward, input, prerouting, postrouting *nftables.Chain
+}
+
+func routerTable(c *nftables.Conn) routerChains {
 	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: nftTable})
-	forward = c.AddChain(&nftables.Chain{
-		Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept,
-	})
-	input = c.AddChain(&nftables.Chain{
-		Name: "input", Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept,
-	})
-	postrouting = c.AddChain(&nftables.Chain{
-		Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
-	})
-	return forward, input, postrouting
+	add := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
+		ch := &nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: prio}
+		if typ == nftables.ChainTypeFilter {
+			ch.Policy = &accept
+		}
+		return c.AddChain(ch)
+	}
+	return routerChains{
+		cut:         add("cut", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityRef(-10)),
+		forward:     add("forward", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter),
+		input:       add("input", nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter),
+		prerouting:  add("prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest),
+		postrouting: add("postrouting", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource),
+	}
 }
 
 func ifname(name string) []byte {
@@ -130,7 +135,8 @@ func natSite(router string, s int) error {
 	cidr := sitePrefix(s)
 	tag := fmt.Sprintf("nat site %d", s)
 	return withNft(router, func(c *nftables.Conn) error {
-		fwd, in, post := routerChains(c)
+		rc := routerTable(c)
+		fwd, in, post := rc.forward, rc.input, rc.postrouting
 		c.AddRule(rule(post, tag, matchIPv4(true, cidr), matchIface(expr.MetaKeyOIFNAME, expr.CmpOpNeq, leg), one(&expr.Masq{})))
 		c.AddRule(rule(fwd, tag, matchIface(expr.MetaKeyOIFNAME, expr.CmpOpEq, leg), ctEstablished(), one(verdict(expr.VerdictAccept))))
 		c.AddRule(rule(fwd, tag, matchIface(expr.MetaKeyOIFNAME, expr.CmpOpEq, leg), one(verdict(expr.VerdictDrop))))
@@ -201,9 +207,9 @@ func (l *Lab) Cut(a, b *Node) error {
 		})
 	} else {
 		err = withNft(l.router, func(c *nftables.Conn) error {
-			fwd, _, _ := routerChains(c)
+			cut := routerTable(c).cut
 			for _, p := range [][2]*Node{{a, b}, {b, a}} {
-				c.InsertRule(rule(fwd, tag,
+				c.InsertRule(rule(cut, tag,
 					matchIPv4(true, netip.PrefixFrom(p[0].Addr, 32)),
 					matchIPv4(false, netip.PrefixFrom(p[1].Addr, 32)),
 					one(verdict(expr.VerdictDrop))))
@@ -292,4 +298,64 @@ func (l *Lab) Rejoin(n *Node) error {
 	}
 	l.log.Info("rejoined", "node", n.Name)
 	return nil
+}
+
+// PortForward makes the router of n's NAT'ed site forward proto ("tcp" or
+// "udp") port on its outside addresses to the same port of n, like a port
+// forward on a home router. It returns that address as nodes of site 0 see
+// it (172.30.0.254:port; from site S it is 172.30.S.254:port), what n would
+// give as --advertise-endpoint.
+func (l *Lab) PortForward(n *Node, proto string, port uint16) (netip.AddrPort, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n.Site >= len(l.sites) || !l.sites[n.Site].nat {
+		return netip.AddrPort{}, fmt.Errorf("port forward to %s: its site %d is not behind NAT", n.Name, n.Site)
+	}
+	var l4 byte
+	switch proto {
+	case "tcp":
+		l4 = unix.IPPROTO_TCP
+	case "udp":
+		l4 = unix.IPPROTO_UDP
+	default:
+		return netip.AddrPort{}, fmt.Errorf("port forward: protocol %q, want tcp or udp", proto)
+	}
+	leg := fmt.Sprintf("s%d", n.Site)
+	tag := fmt.Sprintf("forward %s %d to %s", proto, port, n.Name)
+	portb := binaryutil.BigEndian.PutUint16(port)
+	addr := n.Addr.As4()
+	matchPort := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l4}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: portb},
+	}
+	if err := deleteTagged(l.router, nftables.TableFamilyIPv4, tag); err != nil {
+		return netip.AddrPort{}, err
+	}
+	err := withNft(l.router, func(c *nftables.Conn) error {
+		rc := routerTable(c)
+		// To one of the router's own addresses, from outside the site.
+		toRouter := []expr.Any{
+			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+		}
+		c.AddRule(rule(rc.prerouting, tag,
+			matchIface(expr.MetaKeyIIFNAME, expr.CmpOpNeq, leg), toRouter, matchPort,
+			[]expr.Any{
+				&expr.Immediate{Register: 1, Data: addr[:]},
+				&expr.Immediate{Register: 2, Data: portb},
+				&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, Specified: true},
+			}))
+		c.InsertRule(rule(rc.forward, tag,
+			matchIface(expr.MetaKeyOIFNAME, expr.CmpOpEq, leg),
+			matchIPv4(false, netip.PrefixFrom(n.Addr, 32)), matchPort,
+			one(verdict(expr.VerdictAccept))))
+		return nil
+	})
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("port forward %s %d to %s: %w", proto, port, n.Name, err)
+	}
+	l.log.Info("port forward", "node", n.Name, "proto", proto, "port", port)
+	return netip.AddrPortFrom(siteRouter(0), port), nil
 }

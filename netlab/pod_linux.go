@@ -20,6 +20,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+	"github.com/vishvananda/netlink"
 )
 
 // NetConfList is the node's default CNI configuration: weft's plugin with
@@ -164,6 +165,17 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (*Pod, error) {
 	l.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("pod %s/%s: %w", cfg.Namespace, cfg.Name, err)
+	}
+	// The runtime brings the pod's loopback up itself (containerd does).
+	err = withHandle(path, func(h *netlink.Handle) error {
+		lo, err := h.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return h.LinkSetUp(lo)
+	})
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("pod %s/%s: lo up: %w", p.Namespace, p.Name, err), deleteNetns(path))
 	}
 	p.rt = &libcni.RuntimeConf{
 		ContainerID: p.ContainerID,

@@ -69,6 +69,7 @@ func addNodes(t *testing.T, lab *netlab.Lab, site, count int) []*netlab.Node {
 }
 
 func TestLabUnderlay(t *testing.T) {
+	t.Parallel()
 	lab := netlab.NewForTest(t, netlab.Config{})
 	ctx := labCtx(t)
 	nodes := addNodes(t, lab, 0, 3)
@@ -104,6 +105,7 @@ func TestLabUnderlay(t *testing.T) {
 }
 
 func TestLabSitesOnlyThroughRouter(t *testing.T) {
+	t.Parallel()
 	lab := netlab.NewForTest(t, netlab.Config{})
 	ctx := labCtx(t)
 	a := addNodes(t, lab, 0, 2)
@@ -143,6 +145,7 @@ func TestLabSitesOnlyThroughRouter(t *testing.T) {
 }
 
 func TestLabNATSite(t *testing.T) {
+	t.Parallel()
 	lab := netlab.NewForTest(t, netlab.Config{})
 	ctx := labCtx(t)
 	pub := addNodes(t, lab, 0, 1)[0]
@@ -193,9 +196,48 @@ func TestLabNATSite(t *testing.T) {
 		c.Close()
 		t.Fatal("a node outside opened a connection into the NAT'ed site")
 	}
+	if c, err := pub.Dial(dctx, "tcp", "172.30.0.254:7001"); err == nil {
+		c.Close()
+		t.Fatal("the router forwards a port nobody asked for")
+	}
+
+	// With a port forward on the router, the outside gets in on that port.
+	public, err := lab.PortForward(natted, "tcp", 7001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if public.String() != "172.30.0.254:7001" {
+		t.Errorf("public address %s", public)
+	}
+	go func() {
+		if c, err := ln2.Accept(); err == nil {
+			io.WriteString(c, "behind-nat")
+			c.Close()
+		}
+	}()
+	c, err = pub.Dial(ctx, "tcp", public.String())
+	if err != nil {
+		t.Fatalf("through the port forward: %v", err)
+	}
+	b, _ := io.ReadAll(c)
+	c.Close()
+	if string(b) != "behind-nat" {
+		t.Errorf("through the port forward read %q", b)
+	}
+	// A cut holds for forwarded ports too.
+	if err := lab.Cut(pub, natted); err != nil {
+		t.Fatal(err)
+	}
+	dctx2, cancel2 := context.WithTimeout(ctx, time.Second)
+	defer cancel2()
+	if c, err := pub.Dial(dctx2, "tcp", public.String()); err == nil {
+		c.Close()
+		t.Error("cut nodes connect through the port forward")
+	}
 }
 
 func TestLabCutAndHeal(t *testing.T) {
+	t.Parallel()
 	lab := netlab.NewForTest(t, netlab.Config{})
 	ctx := labCtx(t)
 	n := addNodes(t, lab, 0, 3)
@@ -290,6 +332,7 @@ func bridgeConfList(subnet, dataDir string) []byte {
 }
 
 func TestLabPodThroughLibcni(t *testing.T) {
+	t.Parallel()
 	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
 		t.Skip("needs the reference CNI plugins in /usr/lib/cni (Debian package containernetworking-plugins)")
 	}
@@ -326,6 +369,7 @@ func TestLabPodThroughLibcni(t *testing.T) {
 	if _, err := pod.Exec(ctx, "ping", "-c", "1", "-W", "2", n[0].Addr.String()); err != nil {
 		t.Error(err)
 	}
+	reach(t, ctx, pod.Netns, netip.MustParseAddr("127.0.0.1")) // lo is up
 	if err := pod.Check(ctx); err != nil {
 		t.Errorf("CNI CHECK: %v", err)
 	}
@@ -391,6 +435,7 @@ func fakeWeft(t *testing.T) string {
 }
 
 func TestLabProcesses(t *testing.T) {
+	t.Parallel()
 	lab := netlab.NewForTest(t, netlab.Config{WeftBinary: fakeWeft(t)})
 	ctx := labCtx(t)
 	n := addNodes(t, lab, 0, 2)
@@ -503,6 +548,7 @@ func waitFor(t *testing.T, d time.Duration, f func() error) {
 }
 
 func TestLabOwnRunWireguard(t *testing.T) {
+	t.Parallel()
 	lab := netlab.NewForTest(t, netlab.Config{})
 	ctx := labCtx(t)
 	n := addNodes(t, lab, 0, 2)
@@ -571,6 +617,7 @@ func serveFakeUAPI(ln net.Listener) {
 }
 
 func TestLabCloseLeavesNothing(t *testing.T) {
+	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network namespaces")
 	}
@@ -691,6 +738,7 @@ func countMounts(t *testing.T, prefix string) int {
 }
 
 func TestLabCleanAll(t *testing.T) {
+	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network namespaces")
 	}
@@ -747,6 +795,7 @@ func TestLabCleanAll(t *testing.T) {
 }
 
 func TestLabCapture(t *testing.T) {
+	t.Parallel()
 	lab := netlab.NewForTest(t, netlab.Config{})
 	ctx := labCtx(t)
 	n := addNodes(t, lab, 0, 2)
