@@ -281,13 +281,19 @@ func startChild(t *testing.T, netNS ns.NetNS, cfg childConfig) *child {
 	if c.stdin, err = c.cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
 	}
-	stdout, err := c.cmd.StdoutPipe()
+	// Our own pipe rather than StdoutPipe: Wait, running in the background,
+	// must not close it before we read what the child said before exiting.
+	stdout, stdoutW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { stdout.Close() })
+	c.cmd.Stdout = stdoutW
 	c.stdout = json.NewDecoder(stdout)
 	// Forked from a thread inside netNS, the child starts there.
-	if err := netNS.Do(func(ns.NetNS) error { return c.cmd.Start() }); err != nil {
+	err = netNS.Do(func(ns.NetNS) error { return c.cmd.Start() })
+	stdoutW.Close()
+	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { c.done <- c.cmd.Wait() }()

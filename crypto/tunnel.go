@@ -96,13 +96,13 @@ func (cfg *TunnelConfig) setDefaults() {
 	}
 }
 
-// Tunnel is an open WireGuard device. Configure and Device may be called from
-// any goroutine; Close once, after which the Tunnel must not be used.
+// Tunnel is an open WireGuard device. Configure, Device and Client may be
+// called from any goroutine; after Close (which may be called more than once)
+// they fail.
 type Tunnel struct {
 	name   string
 	mode   string
 	index  int
-	logger *slog.Logger
 	client WGClient
 
 	// Userspace mode only.
@@ -130,6 +130,11 @@ func (t *Tunnel) LinkIndex() int { return t.index }
 func (t *Tunnel) Configure(cfg wgtypes.Config) error {
 	return t.client.ConfigureDevice(t.name, cfg)
 }
+
+// Client returns the WGClient the tunnel uses, for code that takes a WGClient
+// and the interface name (and a cryptotest.WGClient in its tests). It belongs
+// to the tunnel: Close closes it.
+func (t *Tunnel) Client() WGClient { return t.client }
 
 // Device reads the device's configuration and peer state.
 func (t *Tunnel) Device() (*wgtypes.Device, error) {

@@ -118,7 +118,7 @@ func openKernel(cfg TunnelConfig, existed bool) (t *Tunnel, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open wgctrl: %w", err)
 	}
-	t = &Tunnel{name: cfg.Name, mode: ModeKernel, logger: cfg.Logger, client: client}
+	t = &Tunnel{name: cfg.Name, mode: ModeKernel, client: client}
 	if err := t.setUp(cfg); err != nil {
 		t.Close()
 		return nil, err
@@ -157,7 +157,7 @@ func openUserspace(cfg TunnelConfig, existed bool) (_ *Tunnel, err error) {
 		cfg.Logger.Warn("TUN segmentation offloads are not available; userspace WireGuard will be slower", "iface", cfg.Name)
 	}
 
-	u := &Tunnel{name: cfg.Name, mode: ModeUserspace, logger: cfg.Logger}
+	u := &Tunnel{name: cfg.Name, mode: ModeUserspace}
 	u.dev = device.NewDevice(tunDev, conn.NewDefaultBind(), deviceLogger(cfg.Logger))
 	defer func() {
 		if err != nil {
