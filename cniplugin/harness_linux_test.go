@@ -16,7 +16,9 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
@@ -120,7 +122,7 @@ func newNode(t testing.TB, dcfg cniplugintest.Config) *node {
 	}
 	t.Cleanup(func() { d.Close() })
 	n.daemon = d
-	n.cni = libcni.NewCNIConfigWithCacheDir([]string{pluginDir, "/usr/lib/cni"}, n.cache, nil)
+	n.cni = libcni.NewCNIConfigWithCacheDir([]string{pluginDir, "/usr/lib/cni"}, n.cache, newExec())
 	err = n.ns.Do(func(ns.NetNS) error {
 		lo, err := netlinksafe.LinkByName("lo")
 		if err != nil {
@@ -150,6 +152,12 @@ func newNode(t testing.TB, dcfg cniplugintest.Config) *node {
 		t.Fatalf("set up node netns: %v", err)
 	}
 	return n
+}
+
+// newExec is libcni's default exec, made up front: libcni makes it lazily
+// on first use, which races when goroutines share one CNIConfig.
+func newExec() invoke.Exec {
+	return &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
 }
 
 // newNetns makes a named (bind-mounted) netns, removed at cleanup.

@@ -386,7 +386,7 @@ func TestGC(t *testing.T) {
 	// A fresh cache: libcni would otherwise send DEL for the cached
 	// attachments that are not valid before GC, and GC itself would have
 	// nothing left to do.
-	gcCNI := libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), nil)
+	gcCNI := libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), newExec())
 	err = n.in(func() error {
 		return gcCNI.GCNetworkList(context.Background(), list, &libcni.GCArgs{
 			ValidAttachments: []types.GCAttachment{{ContainerID: "keep", IfName: "eth0"}},
