@@ -246,6 +246,31 @@ func (l *Lab) Nodes() []*Node {
 	return append([]*Node(nil), l.nodes...)
 }
 
+// Node returns the node with that name, nil if there is none.
+func (l *Lab) Node(name string) *Node {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, n := range l.nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// AddNodes adds count nodes to site.
+func (l *Lab) AddNodes(site, count int) ([]*Node, error) {
+	var nodes []*Node
+	for range count {
+		n, err := l.AddNode(site)
+		if err != nil {
+			return nodes, err
+		}
+		nodes = append(nodes, n)
+	}
+	return nodes, nil
+}
+
 // AddSite adds a site (a bridge of its own, joined to the others only
 // through the router) and returns its index. With nat the router masquerades
 // what leaves the site and lets no connection in, like a NAT gateway.

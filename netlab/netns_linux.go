@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
@@ -159,7 +160,14 @@ type place struct {
 // is a slave of the host's: mounts of the host (new netns files) propagate
 // in, its own /run/wireguard never propagates out, and it vanishes with the
 // last process in it.
+//
+// Unless cmd says otherwise, the process gets a process group of its own, so
+// a Ctrl-C at the terminal reaches the lab's owner, which stops its
+// processes in order, and not each of them at once.
 func start(cmd *exec.Cmd, p place) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()

@@ -38,7 +38,7 @@ func tcp(sport, dport uint16, payload string) []byte {
 	return append(h, payload...)
 }
 
-func TestParseFrame(t *testing.T) {
+func TestLabParseFrame(t *testing.T) {
 	arp := make([]byte, 14+28)
 	binary.BigEndian.PutUint16(arp[12:], 0x0806)
 	copy(arp[14+14:], []byte{172, 30, 0, 1})
@@ -73,7 +73,7 @@ func TestParseFrame(t *testing.T) {
 	}
 }
 
-func TestWritePcap(t *testing.T) {
+func TestLabWritePcap(t *testing.T) {
 	var b bytes.Buffer
 	pkts := []Packet{ParseFrame(frame(17, "1.1.1.1", "2.2.2.2", udp(1, 2, "abc")))}
 	if err := WritePcap(&b, pkts); err != nil {

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+
+	"github.com/weftnet/weft/netlab"
 )
 
 // weftBinary is the weft binary under test: $WEFT_BINARY (the Makefile
@@ -24,6 +26,13 @@ func TestMain(m *testing.M) {
 }
 
 func runTests(m *testing.M) int {
+	if os.Geteuid() == 0 {
+		// Labs of interrupted earlier runs (their owner is gone); live labs
+		// of test packages running now are left alone.
+		if err := netlab.CleanAll(nil); err != nil {
+			fmt.Fprintln(os.Stderr, "tests: clean leftovers of earlier runs:", err)
+		}
+	}
 	weftBinary = os.Getenv("WEFT_BINARY")
 	if weftBinary != "" {
 		if _, err := os.Stat(weftBinary); err != nil {
