@@ -32,6 +32,14 @@ func open(t *testing.T, dir, self, cidr string, seed ...string) *ipalloc.Allocat
 	return a
 }
 
+func openB(b *testing.B) *ipalloc.Allocator {
+	a, err := ipalloc.New(ipalloc.Config{Self: "a", CIDR: netip.MustParsePrefix("10.32.0.0/12"), Seed: []string{"a"}, StateDir: b.TempDir(), Logger: quiet()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return a
+}
+
 func key(i int) ipalloc.Key { return ipalloc.Key{ContainerID: fmt.Sprintf("c%d", i), IfName: "eth0"} }
 
 func mustAlloc(t *testing.T, a *ipalloc.Allocator, k ipalloc.Key) netip.Addr {
@@ -315,6 +323,10 @@ func TestConcurrentRmpeer(t *testing.T) {
 	}
 	n.Stop("d")
 	a, b, c := n.Alloc("a"), n.Alloc("b"), n.Alloc("c")
+	st := a.Status(func(node string) bool { return node != "d" })
+	if st.UnreachableAddresses != 64 || st.UnreachableShare != 0.25 || len(st.Nodes) != 4 || st.Nodes[3].Reachable {
+		t.Errorf("status before the reclaim: %+v", st)
+	}
 	if _, err := a.Rmpeer(ctx, "c"); err == nil {
 		t.Error("rmpeer of a live node: no error")
 	}
@@ -418,5 +430,29 @@ func TestStaleNodeAfterReclaim(t *testing.T) {
 			t.Fatalf("stale node served %s again", addr)
 		}
 		held[addr] = true
+	}
+}
+
+func TestRefuseOtherGenesis(t *testing.T) {
+	n := ipalloctest.NewNetwork()
+	cidr := netip.MustParsePrefix("10.0.0.0/24")
+	a := n.Add(t, ipalloc.Config{Self: "a", CIDR: cidr, Seed: []string{"a", "b"}})
+	b := n.Add(t, ipalloc.Config{Self: "b", CIDR: cidr, Seed: []string{"b"}})
+	before := a.Ranges()
+	err := a.MergeRemote(b.LocalState())
+	if !errors.Is(err, ipalloc.ErrDifferentGenesis) {
+		t.Fatalf("merge of another genesis: %v", err)
+	}
+	if fmt.Sprint(a.Ranges()) != fmt.Sprint(before) {
+		t.Error("refused ring changed the ranges")
+	}
+	if st := a.Status(nil); !strings.Contains(st.RefusedGenesis, "refused the ring of b") {
+		t.Errorf("status does not say it refused: %+v", st)
+	}
+	if err := a.MergeRemote([]byte("junk")); err == nil {
+		t.Error("junk merged")
+	}
+	if err := a.HandleMessage("b", []byte("junk")); err == nil {
+		t.Error("junk message taken")
 	}
 }
