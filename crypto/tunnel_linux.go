@@ -84,6 +84,9 @@ func reopenTunnel(cfg TunnelConfig, link netlink.Link) (*Tunnel, error) {
 	case "wireguard":
 		mode = ModeKernel
 	case "tuntap":
+		if tt, ok := link.(*netlink.Tuntap); ok && tt.Mode == netlink.TUNTAP_MODE_TAP {
+			return nil, fmt.Errorf("interface %s exists and is a TAP device, not a WireGuard tunnel; remove it or choose another --iface", cfg.Name)
+		}
 		mode = ModeUserspace
 	default:
 		return nil, fmt.Errorf("interface %s exists and is a %s link, not a WireGuard tunnel; remove it or choose another --iface", cfg.Name, link.Type())

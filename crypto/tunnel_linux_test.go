@@ -145,6 +145,11 @@ func TestTunnelSurvivesTheDaemon(t *testing.T) {
 		if link.Attrs().Index != index {
 			t.Errorf("%s: interface index %d, want %d", when, link.Attrs().Index, index)
 		}
+		// Persistent, and with the virtio header that carries offloads,
+		// the same on creation and reattachment.
+		if tt, ok := link.(*netlink.Tuntap); !ok || tt.Mode != netlink.TUNTAP_MODE_TUN || tt.NonPersist || tt.Flags&netlink.TUNTAP_VNET_HDR == 0 {
+			t.Errorf("%s: interface is %#v, want a persistent TUN with IFF_VNET_HDR", when, link)
+		}
 		addrs, err := h.AddrList(link, netlink.FAMILY_V4)
 		if err != nil || len(addrs) != 1 || addrs[0].IPNet.String() != "10.232.0.1/24" {
 			t.Errorf("%s: addresses %v (%v), want 10.232.0.1/24", when, addrs, err)
