@@ -14,6 +14,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/api"
 )
@@ -88,6 +89,23 @@ func openNetns(path string) (ns.NetNS, error) {
 	}
 }
 
+// isCurrentNetns tells whether netns is the plugin's own (the node's).
+func isCurrentNetns(netns ns.NetNS) (bool, error) {
+	cur, err := ns.GetCurrentNS()
+	if err != nil {
+		return false, err
+	}
+	defer cur.Close()
+	var a, b unix.Stat_t
+	if err := unix.Fstat(int(netns.Fd()), &a); err != nil {
+		return false, err
+	}
+	if err := unix.Fstat(int(cur.Fd()), &b); err != nil {
+		return false, err
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino, nil
+}
+
 func (p *plugin) add(args *skel.CmdArgs) error {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
@@ -103,6 +121,11 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		return err
 	}
 	defer podNS.Close()
+	if same, err := isCurrentNetns(podNS); err != nil || same {
+		return types.NewError(types.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("CNI_NETNS %q is the node's own network namespace (or cannot be compared with it: %v)", args.Netns, err),
+			"the runtime must pass the pod sandbox's netns")
+	}
 
 	att := attachmentOf(args)
 	var alloc api.Allocation

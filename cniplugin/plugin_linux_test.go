@@ -181,6 +181,42 @@ func TestAddRepairs(t *testing.T) {
 	}
 }
 
+// TestAddAfterDaemonLostAllocation: the daemon forgot the pod and hands
+// out another address on the next ADD; the plugin moves the pod to it and
+// leaves nothing of the old one.
+func TestAddAfterDaemonLostAllocation(t *testing.T) {
+	n := newNode(t, cniplugintest.Config{})
+	list := n.conflist(t, "1.0.0", "")
+	pod := newNetns(t)
+	first := addOK(t, n, list, "pod", pod)
+	n.daemon.Forget("pod", "eth0")
+	second := addOK(t, n, list, "pod", pod)
+	if first.IPs[0].Address.String() == second.IPs[0].Address.String() {
+		t.Fatalf("the fake daemon gave the same address twice: %v", first.IPs)
+	}
+	if err := n.check(list, "pod", pod); err != nil {
+		t.Errorf("CHECK after the move: %v", err)
+	}
+	host := HostVethName("pod", "eth0")
+	err := n.in(func() error {
+		l, err := netlinksafe.LinkByName(host)
+		if err != nil {
+			return err
+		}
+		routes, _ := netlinksafe.RouteList(l, netlink.FAMILY_V4)
+		if len(routes) != 1 || routes[0].Dst.String() != second.IPs[0].Address.String() {
+			return fmt.Errorf("host routes via %s: %v", host, routes)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	if err := ping(t, pod, nodeAddr); err != nil {
+		t.Error(err)
+	}
+}
+
 func TestResultVersionsThroughLibcni(t *testing.T) {
 	n := newNode(t, cniplugintest.Config{})
 	for _, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
@@ -328,6 +364,8 @@ func TestErrors(t *testing.T) {
 		{name: "unknown command", env: env("FROB"), stdin: good, code: types.ErrInvalidEnvironmentVariables, msg: "unknown CNI_COMMAND"},
 		{name: "netns does not exist", env: func() map[string]string { e := env("ADD"); e["CNI_NETNS"] = "/run/netns/nope"; return e }(), stdin: good,
 			code: types.ErrInvalidEnvironmentVariables, msg: `CNI_NETNS "/run/netns/nope" does not exist`},
+		{name: "netns of the node", env: func() map[string]string { e := env("ADD"); e["CNI_NETNS"] = n.ns.Path(); return e }(), stdin: good,
+			code: types.ErrInvalidEnvironmentVariables, msg: "node's own network namespace"},
 		{name: "range full", env: env("ADD"), stdin: good, setup: func() {
 			n.daemon.Fail(api.PathCNIAllocate, &api.Error{Status: 503, Code: api.CodeFull, Message: "no free address in 10.32.0.0/12", Hint: "delete pods"})
 		}, code: types.ErrTryAgainLater, msg: "no free address in 10.32.0.0/12"},

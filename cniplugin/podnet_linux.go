@@ -115,6 +115,19 @@ func (p podNet) setupHost(l netlink.Link) error {
 	if err := netlink.RouteReplace(r); err != nil {
 		return fmt.Errorf("add route to %s via %s: %w", p.Address, p.HostVeth, err)
 	}
+	// Routes to an address the pod held before (the daemon lost its
+	// allocation and gave another) would steal that address's traffic.
+	routes, err := netlinksafe.RouteList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list routes of %s: %w", p.HostVeth, err)
+	}
+	for _, old := range routes {
+		if old.Dst != nil && old.Dst.String() != p.Address.String() {
+			if err := netlink.RouteDel(&old); err != nil {
+				return fmt.Errorf("remove stale route to %s via %s: %w", old.Dst, p.HostVeth, err)
+			}
+		}
+	}
 	return nil
 }
 
