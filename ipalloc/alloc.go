@@ -91,6 +91,7 @@ func (a *Allocator) Allocate(ctx context.Context, key Key, meta map[string]strin
 	}
 	tried := map[string]bool{}
 	for {
+		live := a.livePeers()
 		a.mu.Lock()
 		addr, done, err := a.allocateLocked(key, meta)
 		if done {
@@ -108,7 +109,7 @@ func (a *Allocator) Allocate(ctx context.Context, key Key, meta map[string]strin
 				return netip.Addr{}, noSpaceError{fmt.Sprintf("no free address on this node while waiting for a donation: %v", ctx.Err())}
 			}
 		}
-		peer, err := a.chooseDonorLocked(tried)
+		peer, err := a.chooseDonorLocked(live, tried)
 		if err != nil {
 			a.mu.Unlock()
 			return netip.Addr{}, err
@@ -194,7 +195,7 @@ func (a *Allocator) pick() (uint64, bool) {
 
 // chooseDonorLocked picks the live peer with the most free addresses that
 // was not asked yet, or says why there is none.
-func (a *Allocator) chooseDonorLocked(tried map[string]bool) (string, error) {
+func (a *Allocator) chooseDonorLocked(live []string, tried map[string]bool) (string, error) {
 	counts := map[string]uint64{}
 	var total uint64
 	for owner, f := range a.ring.FreeCounts() {
@@ -211,7 +212,7 @@ func (a *Allocator) chooseDonorLocked(tried map[string]bool) (string, error) {
 	var best string
 	var reachable uint64
 	if a.cfg.Transport != nil {
-		for _, p := range a.livePeers() {
+		for _, p := range live {
 			n := counts[p]
 			reachable += n
 			if n == 0 || tried[p] {

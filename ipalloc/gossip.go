@@ -25,8 +25,9 @@ func (a *Allocator) LocalState() []byte {
 // shown in Status); an undecodable one with another error. Either way this
 // node's ring is unchanged.
 func (a *Allocator) MergeRemote(data []byte) error {
+	live := a.livePeers()
 	a.mu.Lock()
-	changed, err := a.mergeLocked(data)
+	changed, err := a.mergeLocked(data, live)
 	a.mu.Unlock()
 	if changed {
 		a.signal()
@@ -34,7 +35,7 @@ func (a *Allocator) MergeRemote(data []byte) error {
 	return err
 }
 
-func (a *Allocator) mergeLocked(data []byte) (bool, error) {
+func (a *Allocator) mergeLocked(data []byte, live []string) (bool, error) {
 	r, origin, err := ring.Decode(data)
 	if err != nil {
 		if now := a.cfg.Now(); now.Sub(a.lastRecvErr) > time.Minute {
@@ -69,7 +70,7 @@ func (a *Allocator) mergeLocked(data []byte) (bool, error) {
 			}
 		}
 	}
-	claimsChanged := a.checkClaims()
+	claimsChanged := a.checkClaims(live)
 	if changed && !claimsChanged {
 		if err := a.saveRingLocked(); err != nil {
 			a.log.Error("cannot save the ring", "err", err)
@@ -95,11 +96,10 @@ func (a *Allocator) warnLost() {
 // checkClaims drops claims that lost to another label and confirms those
 // every live peer has echoed. It reports whether the claims changed (and
 // were saved). Callers hold a.mu.
-func (a *Allocator) checkClaims() bool {
+func (a *Allocator) checkClaims(live []string) bool {
 	if len(a.claims) == 0 {
 		return false
 	}
-	live := a.livePeers()
 	var keep []*pendingClaim
 	for _, c := range a.claims {
 		if _, some := a.ring.Holds(c.span(), c.label()); !some {
@@ -159,7 +159,8 @@ func (a *Allocator) Rmpeer(ctx context.Context, node string) (string, error) {
 	if node == a.cfg.Self {
 		return "", fmt.Errorf("rmpeer %s: that is this node; run rmpeer on another node", node)
 	}
-	if slices.Contains(a.cfg.Peers(), node) {
+	live := a.livePeers()
+	if slices.Contains(live, node) {
 		return "", fmt.Errorf("rmpeer %s: the node is alive in the mesh; stop it (or wait until the mesh sees it gone) before reclaiming its addresses", node)
 	}
 	a.mu.Lock()
@@ -194,7 +195,7 @@ func (a *Allocator) Rmpeer(ctx context.Context, node string) (string, error) {
 		return "", fmt.Errorf("rmpeer %s: %w", node, err)
 	}
 	a.log.Info("reclaimed the ranges of a dead node", "dead", node, "cidr", cidrs, "count", n)
-	a.checkClaims()
+	a.checkClaims(live)
 	a.recompute()
 	pending := len(a.claims) > 0
 	spans := make([]ring.Span, 0, len(claims))

@@ -105,7 +105,8 @@ type Config struct {
 	StateDir  string       // directory of the state file (StateFile); required
 	Transport Transport    // carries donation requests; nil: no donation
 	// Peers returns the names of the live members (this node may be among
-	// them); nil: no peers.
+	// them); nil: no peers. It is called without the allocator's lock
+	// held, from any goroutine, and must not call back into the allocator.
 	Peers func() []string
 	// Broadcast, if set, is called (outside any lock) after a local change
 	// every node must hear of soon (a donation given, a reclaim) with a
@@ -271,8 +272,9 @@ func (a *Allocator) Run(ctx context.Context) error {
 		case in := <-a.inbox:
 			a.serveDonation(ctx, in)
 		case <-tick.C:
+			live := a.livePeers()
 			a.mu.Lock()
-			changed := a.checkClaims()
+			changed := a.checkClaims(live)
 			a.mu.Unlock()
 			if changed {
 				a.signal()
