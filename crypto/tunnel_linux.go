@@ -27,9 +27,10 @@ const uapiSocketDir = "/var/run/wireguard"
 // An existing interface of that name is reattached, not replaced: a kernel
 // WireGuard link is reused as it is (peers included), a persistent userspace
 // TUN left by an earlier daemon is taken over by a new wireguard-go device.
-// Its mode wins over ModeAuto; an explicit other mode is an error.
+// With ModeAuto the existing device's mode is used; asking for the other mode
+// explicitly is an error rather than a silent teardown of the data path.
 //
-// Without one, ModeAuto creates a kernel WireGuard link and falls back to
+// Without an existing interface, ModeAuto creates a kernel WireGuard link and falls back to
 // userspace when the kernel lacks WireGuard. Userspace mode runs wireguard-go
 // in this process on a persistent TUN with TCP/UDP segmentation offloads
 // (IFF_VNET_HDR), and serves its UAPI socket /var/run/wireguard/NAME.sock.
