@@ -21,7 +21,21 @@ var (
 	weftBinaryErr error
 )
 
+// labHelpers are programs the tests run inside lab nodes: the test binary
+// started again with WEFT_LAB_HELPER=name runs labHelpers[name] instead of
+// the tests.
+var labHelpers = map[string]func(){}
+
 func TestMain(m *testing.M) {
+	if name := os.Getenv("WEFT_LAB_HELPER"); name != "" {
+		h, ok := labHelpers[name]
+		if !ok {
+			fmt.Fprintln(os.Stderr, "tests: no lab helper", name)
+			os.Exit(2)
+		}
+		h()
+		os.Exit(0)
+	}
 	os.Exit(runTests(m))
 }
 
