@@ -248,10 +248,10 @@ func (c *compiler) compilePolicy(pol *networkingv1.NetworkPolicy, local map[*pod
 
 // peerSet is the peers of one rule.
 type peerSet struct {
-	all    bool        // no peers listed: every address
-	ranges []AddrRange // addresses: the pods' IPs and the ipBlocks
+	all    bool              // no peers listed: every address
+	ranges []AddrRange       // addresses: the pods' IPs and the ipBlocks
 	pods   map[*podInfo]bool // pods selected by selectors (for named ports)
-	blocks []AddrRange // ipBlock ranges (for named ports of pods inside)
+	blocks []AddrRange       // ipBlock ranges (for named ports of pods inside)
 }
 
 var (

@@ -48,7 +48,7 @@ func sel(kv ...string) *metav1.LabelSelector {
 	return s
 }
 
-func expr(key string, op metav1.LabelSelectorOperator, values ...string) *metav1.LabelSelector {
+func selExpr(key string, op metav1.LabelSelectorOperator, values ...string) *metav1.LabelSelector {
 	return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: op, Values: values}}}
 }
 
