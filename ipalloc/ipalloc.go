@@ -222,6 +222,15 @@ func (a *Allocator) load(l loaded, fresh *ring.Ring) error {
 				"(addresses of the pods running on this node may then be handed out again)",
 				a.store.path, a.ring.Prefix(), a.cfg.CIDR, a.ring.Prefix())
 		}
+		if fresh.Seeded() && !a.ring.Seeded() {
+			// Now in the seed list, and never seeded before: take the genesis.
+			if _, err := a.ring.Merge(fresh); err != nil {
+				return fmt.Errorf("seed the ring from the genesis: %w", err)
+			}
+			if err := a.saveRingLocked(); err != nil {
+				return err
+			}
+		}
 		if fresh.Seeded() && a.ring.Seeded() && fresh.Genesis() != a.ring.Genesis() {
 			a.log.Warn("the seed list differs from the genesis in the state file; keeping the state file's",
 				"file", a.store.path, "genesis", a.ring.Genesis())
