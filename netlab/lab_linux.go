@@ -563,12 +563,6 @@ func (l *Lab) Close() error {
 	return l.closeErr
 }
 
-func (l *Lab) track(p *Process) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.procs[p] = struct{}{}
-}
-
 func (l *Lab) untrack(p *Process) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -294,10 +294,20 @@ func startProcess(l *Lab, cmd *exec.Cmd, pl place, onExit func(error)) (*Process
 		cmd.WaitDelay = 2 * time.Second
 	}
 	p := &Process{Cmd: cmd, lab: l, done: make(chan struct{}), onExit: onExit}
-	if err := start(cmd, pl); err != nil {
+	// Holding the lab's lock from start to track, Close cannot miss it.
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, errors.New("lab is closed")
+	}
+	err := start(cmd, pl)
+	if err == nil {
+		l.procs[p] = struct{}{}
+	}
+	l.mu.Unlock()
+	if err != nil {
 		return nil, err
 	}
-	l.track(p)
 	go func() {
 		p.err = cmd.Wait()
 		if p.onExit != nil {
