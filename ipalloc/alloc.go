@@ -61,23 +61,31 @@ func inSpans(spans []ring.Span, off uint64) bool {
 	return i > 0 && off < spans[i-1].End
 }
 
-// readiness says whether this node may allocate, and if not, why.
-// Callers hold a.mu.
-func (a *Allocator) readiness() (bool, string) {
+// readiness says whether this node may allocate, and if not, why: it must
+// have heard a whole ring from a live peer since it started, unless it is
+// alone (no other owner in the ring and no other live member). Callers
+// hold a.mu; live is what Config.Peers said, without this node.
+func (a *Allocator) readiness(live []string) (bool, string) {
 	switch {
 	case !a.ring.Seeded():
 		return false, "this node is not in the genesis seed list and has not heard the ring from any peer yet"
-	case !a.synced:
-		return false, "waiting to hear the ring from a live peer before allocating (this node restarted and its state may be stale)"
+	case a.synced:
+		return true, ""
+	case len(live) == 0 && a.aloneInRing():
+		return true, ""
+	case len(live) == 0:
+		return false, "waiting to hear the ring from a peer before allocating: other nodes own parts of the range and none is reachable " +
+			"(this node's state may be stale; weft rmpeer reclaims the ranges of nodes that are gone)"
 	}
-	return true, ""
+	return false, "waiting to hear the ring from a live peer before allocating (this node's state may be stale)"
 }
 
 // Ready reports whether Allocate can hand out addresses now, and if not, why.
 func (a *Allocator) Ready() (bool, string) {
+	live := a.livePeers()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.readiness()
+	return a.readiness(live)
 }
 
 // Allocate returns the address of key, handing out a new one if key has
@@ -93,7 +101,7 @@ func (a *Allocator) Allocate(ctx context.Context, key Key, meta map[string]strin
 	for {
 		live := a.livePeers()
 		a.mu.Lock()
-		addr, done, err := a.allocateLocked(key, meta)
+		addr, done, err := a.allocateLocked(key, meta, live)
 		if done {
 			a.mu.Unlock()
 			return addr, err
@@ -135,10 +143,10 @@ func (a *Allocator) Allocate(ctx context.Context, key Key, meta map[string]strin
 
 // allocateLocked allocates from this node's own space. done is false when
 // it has no free address.
-func (a *Allocator) allocateLocked(key Key, meta map[string]string) (addr netip.Addr, done bool, err error) {
+func (a *Allocator) allocateLocked(key Key, meta map[string]string, live []string) (addr netip.Addr, done bool, err error) {
 	// Not even an existing allocation is served before the node is ready:
 	// its range may have been reclaimed while it was away.
-	if ok, why := a.readiness(); !ok {
+	if ok, why := a.readiness(live); !ok {
 		return netip.Addr{}, true, noSpaceError{why}
 	}
 	if al, ok := a.allocs[key]; ok {
@@ -261,6 +269,7 @@ func (a *Allocator) releaseLocked(keys []Key) error {
 	for _, k := range keys {
 		al := a.allocs[k]
 		delete(a.allocs, k)
+		delete(a.lost, k)
 		if off, ok := a.ring.Offset(al.Addr); ok && a.byOff[off] == k {
 			delete(a.byOff, off)
 		}

@@ -107,10 +107,11 @@ func (a *Allocator) askDonation(ctx context.Context, peer string, id uint64, ans
 // serveDonation answers one request: split off a free block, transfer it,
 // persist, then answer with the new ring and broadcast it.
 func (a *Allocator) serveDonation(ctx context.Context, in inbound) {
+	live := a.livePeers()
 	a.mu.Lock()
 	reason := ""
 	var data, delta []byte // the whole ring for the requester, a delta for everyone
-	span, ok := a.donationSpan()
+	span, ok := a.donationSpan(live)
 	switch {
 	case !ok:
 		reason = fmt.Sprintf("%s has %d free addresses and no free block to give", a.cfg.Self, a.free)
@@ -151,8 +152,8 @@ func (a *Allocator) serveDonation(ctx context.Context, in inbound) {
 // donationSpan finds the aligned block to give away: the largest power of
 // two up to half the free addresses (at least one) with no allocation in
 // it, taken from the top of this node's usable spans. Callers hold a.mu.
-func (a *Allocator) donationSpan() (ring.Span, bool) {
-	if ok, _ := a.readiness(); !ok || a.free == 0 {
+func (a *Allocator) donationSpan(live []string) (ring.Span, bool) {
+	if ok, _ := a.readiness(live); !ok || a.free == 0 {
 		return ring.Span{}, false
 	}
 	used := make([]uint64, 0, len(a.byOff))

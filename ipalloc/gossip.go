@@ -83,10 +83,12 @@ func (a *Allocator) mergeLocked(data []byte, live []string) (bool, error) {
 	return changed, nil
 }
 
-// warnLost logs allocations whose addresses this node no longer owns.
+// warnLost logs, once each, allocations whose addresses this node no
+// longer owns.
 func (a *Allocator) warnLost() {
 	for k, al := range a.allocs {
-		if owner := a.ring.OwnerOf(al.Addr); owner != a.cfg.Self {
+		if owner := a.ring.OwnerOf(al.Addr); owner != a.cfg.Self && !a.lost[k] {
+			a.lost[k] = true
 			a.log.Warn("an allocation's address now belongs to another node; it will not be served again",
 				"key", k, "addr", al.Addr, "owner", owner)
 		}

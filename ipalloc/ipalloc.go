@@ -132,10 +132,11 @@ type Allocator struct {
 	allocs      map[Key]*Allocation
 	byOff       map[uint64]Key // offsets in the ring of allocated addresses
 	claims      []*pendingClaim
-	usable      []ring.Span // own spans minus pending claims and reserved addresses
-	free        uint64      // free addresses in usable
-	synced      bool        // merged a seeded ring from a live peer, or alone in the ring
-	refused     string      // the last ring refused for its genesis
+	usable      []ring.Span  // own spans minus pending claims and reserved addresses
+	free        uint64       // free addresses in usable
+	synced      bool         // merged a whole ring from a live peer since start
+	lost        map[Key]bool // allocations whose address another node owns now, already logged
+	refused     string       // the last ring refused for its genesis
 	refusedAt   time.Time
 	cursor      uint64
 	nextID      uint64
@@ -199,6 +200,7 @@ func New(cfg Config) (*Allocator, error) {
 		allocs:  map[Key]*Allocation{},
 		byOff:   map[uint64]Key{},
 		waiting: map[uint64]chan bool{},
+		lost:    map[Key]bool{},
 		ring:    l.ring,
 	}
 	if err := a.load(l, fresh); err != nil {
@@ -247,11 +249,11 @@ func (a *Allocator) load(l loaded, fresh *ring.Ring) error {
 		al := al
 		a.allocs[al.Key] = &al
 		a.byOff[off] = al.Key
+		a.cursor = max(a.cursor, off+1) // do not reuse released addresses at once
 	}
 	for _, c := range l.claims {
 		a.claims = append(a.claims, &pendingClaim{storedClaim: c, acks: map[string]bool{}})
 	}
-	a.synced = a.aloneInRing()
 	a.recompute()
 	return nil
 }

@@ -59,7 +59,7 @@ func (a *Allocator) Status(reachable func(node string) bool) Status {
 	if a.ring.Seeded() {
 		st.Genesis = a.ring.Genesis().String()
 	}
-	st.Ready, st.Reason = a.readiness()
+	st.Ready, st.Reason = a.readiness(live)
 	st.RefusedGenesis = a.refused
 	size := a.ring.Size()
 	for _, o := range a.ring.Owners() {
