@@ -11,17 +11,25 @@
 //
 // When a node may allocate:
 //
-//	start ──► ring from disk or genesis
-//	            │ the ring has owners other than this node?
-//	            ├─ no ─────────────────────────────► ready
-//	            └─ yes: wait for a seeded ring from ─► ready
-//	               a live peer (MergeRemote)
+//	start ──► ring from the state file, or the genesis, or unseeded
+//	            │
+//	            ├─ unseeded (not in the seed list) ─────────► wait for a whole ring from a peer
+//	            ├─ heard a whole ring from a live peer since start ──► ready
+//	            ├─ no other owner in the ring, no other live member ─► ready
+//	            └─ otherwise ───────────────────────────────► wait for a whole ring from a peer
 //
 // A restarted node may hold stale state: while it was away its spans may
-// have been reclaimed. It therefore allocates nothing new until it has merged
-// the ring of at least one live peer, which carries the higher versions of
-// the reclaim. (Remaining risk: the one peer it hears first is itself stale,
-// e.g. when the whole cluster restarts from old disks at once.)
+// have been reclaimed. It therefore serves nothing, not even the address of
+// an existing allocation, until it has merged the whole ring (not a delta)
+// of a live peer, which carries the higher versions of the reclaim; it then
+// drops what it lost. Remaining risks: the one peer it hears first is
+// itself stale (the whole cluster restarts from old disks at once), or the
+// node starts alone before the mesh has joined although others exist (its
+// state directory was wiped and it was the only node of its genesis).
+//
+// Gossip: LocalState is the whole ring, for push/pull; after a donation or
+// a reclaim the allocator hands Config.Broadcast a delta of the ring (only
+// the spans that changed), small enough for one gossip packet.
 //
 // Reclaim. Rmpeer labels the dead node's spans with a claim one version up.
 // Concurrent claims of the same span resolve to the smaller claimant
