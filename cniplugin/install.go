@@ -1,6 +1,7 @@
 package cniplugin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -123,6 +124,10 @@ func Install(ctx context.Context, cfg InstallConfig) (InstallResult, error) {
 		return res, err
 	}
 	res.Conflist = filepath.Join(cfg.ConfDir, ConflistName)
+	if old, err := os.ReadFile(res.Conflist); err == nil && bytes.Equal(old, data) {
+		// Unchanged: spare the runtimes watching the directory a reload.
+		return res, nil
+	}
 	err = writeAtomic(res.Conflist, 0o644, func(w io.Writer) error {
 		_, err := w.Write(data)
 		return err

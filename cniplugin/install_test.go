@@ -216,3 +216,34 @@ func noTempFiles(t *testing.T, dirs ...string) {
 		}
 	}
 }
+
+func TestInstallTwiceKeepsConflist(t *testing.T) {
+	bin, conf := t.TempDir(), t.TempDir()
+	cfg := InstallConfig{BinDir: bin, ConfDir: conf, Source: fakeSource(t)}
+	if _, err := Install(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	renamed := 0
+	testHookBeforeRename = func(_, dst string) {
+		if filepath.Base(dst) == ConflistName {
+			renamed++
+		}
+	}
+	t.Cleanup(func() { testHookBeforeRename = nil })
+	if _, err := Install(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if renamed != 0 {
+		t.Error("an unchanged conflist was written again")
+	}
+	cfg.MTU = 1400
+	if _, err := Install(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if renamed != 1 {
+		t.Error("a changed conflist was not written")
+	}
+	if c := readConflist(t, filepath.Join(conf, ConflistName)); c.Plugins[0]["mtu"] != 1400.0 {
+		t.Errorf("mtu %v, want 1400", c.Plugins[0]["mtu"])
+	}
+}

@@ -97,9 +97,9 @@ func TestAddPlumbsPod(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, key := range []string{"proxy_arp", "forwarding"} {
-		if v := sysctlIn(t, n.ns, "net.ipv4.conf."+host+"."+key); v != "1" {
-			t.Errorf("%s %s = %s, want 1", host, key, v)
+	for key, want := range map[string]string{"conf." + host + ".proxy_arp": "1", "conf." + host + ".forwarding": "1", "neigh." + host + ".proxy_delay": "0"} {
+		if v := sysctlIn(t, n.ns, "net.ipv4."+key); v != want {
+			t.Errorf("net.ipv4.%s = %s, want %s", key, v, want)
 		}
 	}
 

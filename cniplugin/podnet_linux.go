@@ -108,6 +108,11 @@ func (p podNet) setupHost(l netlink.Link) error {
 			return fmt.Errorf("set net.ipv4.conf.%s.%s=1: %w", p.HostVeth, key, err)
 		}
 	}
+	// Answer proxied ARP at once, not after up to proxy_delay (0.8 s), for
+	// a pod whose neighbour entry of the gateway is gone.
+	if _, err := sysctl.Sysctl(fmt.Sprintf("net/ipv4/neigh/%s/proxy_delay", p.HostVeth), "0"); err != nil {
+		return fmt.Errorf("set net.ipv4.neigh.%s.proxy_delay=0: %w", p.HostVeth, err)
+	}
 	// The host end has no address of its own; IPv6 router advertisements
 	// have nothing to do there.
 	_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/accept_ra", p.HostVeth), "0")
