@@ -554,3 +554,23 @@ func TestAddDelCycles(t *testing.T) {
 		t.Errorf("allocations left: %v", a)
 	}
 }
+
+// TestGCDaemonDown: the stale links go all the same, and the runtime hears
+// to try again for the addresses.
+func TestGCDaemonDown(t *testing.T) {
+	n := newNode(t, cniplugintest.Config{})
+	list := n.conflist(t, "1.1.0", "")
+	pod := newNetns(t)
+	addOK(t, n, list, "gone", pod)
+	n.daemon.Close()
+	gcCNI := libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), newExec())
+	err := n.in(func() error {
+		return gcCNI.GCNetworkList(context.Background(), list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{}})
+	})
+	if e := cniError(t, err); e.Code != types.ErrTryAgainLater || !strings.Contains(e.Msg, "not running") {
+		t.Errorf("GC without a daemon: %d %q", e.Code, e.Msg)
+	}
+	if links := n.weftLinks(t); len(links) != 0 {
+		t.Errorf("weft links after GC: %v", links)
+	}
+}
