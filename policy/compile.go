@@ -90,7 +90,8 @@ func Compile(in Input) RuleSet {
 		rs.Pods = append(rs.Pods, *r)
 	}
 	slices.SortFunc(rs.Pods, func(a, b PodRules) int { return strings.Compare(a.Key(), b.Key()) })
-	rs.Warnings = c.warnings
+	slices.Sort(c.warnings)
+	rs.Warnings = slices.Compact(c.warnings)
 	return rs
 }
 
