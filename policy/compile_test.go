@@ -71,7 +71,7 @@ func TestCompile(t *testing.T) {
 		{"pod selector in the policy's namespace", tableInput(
 			mkPolicy("x", "from-b", sel("app", "a"), ingressRule(peers(podPeer(sel("app", "b")))))), []expect{
 			because(allow(tcp(xb, xa, 80)), "allowed by policy x/from-b"),
-			deny(tcp(yb, xa, 80)), // app=b, but in y
+			deny(tcp(yb, xa, 80)),  // app=b, but in y
 			allow(tcp(xa, xb, 80)), // x/b is not selected
 		}},
 		{"namespace selector", tableInput(
