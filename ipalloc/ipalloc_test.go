@@ -456,3 +456,33 @@ func TestRefuseOtherGenesis(t *testing.T) {
 		t.Error("junk message taken")
 	}
 }
+
+func TestDonationAndClaimsSurviveRestart(t *testing.T) {
+	n := ipalloctest.NewNetwork()
+	cidr := netip.MustParsePrefix("10.0.0.0/24")
+	seed := []string{"a", "d"}
+	n.Add(t, ipalloc.Config{Self: "a", CIDR: cidr, Seed: seed})
+	n.Add(t, ipalloc.Config{Self: "d", CIDR: cidr, Seed: seed})
+	b := n.Add(t, ipalloc.Config{Self: "b", CIDR: cidr})
+	n.Gossip()
+	mustAlloc(t, b, key(1))
+	n.Stop("d")
+	n.SetDrop(func(from, to string) bool { return true })
+	if _, err := n.Alloc("a").Rmpeer(ctx, "d"); err != nil {
+		t.Fatal(err)
+	}
+	want := n.Alloc("a").Ranges()
+	// a restarts: it still knows what it gave b and what it claimed.
+	a := n.Restart(t, "a")
+	if got := a.Ranges(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("ranges after restart: %v, want %v", got, want)
+	}
+	if st := a.Status(nil); len(st.PendingClaims) != 1 || fmt.Sprint(st.PendingClaims[0].WaitingFor) != "[b]" {
+		t.Errorf("pending claims after restart: %+v", st.PendingClaims)
+	}
+	n.SetDrop(nil)
+	n.Gossip()
+	if st := a.Status(nil); len(st.PendingClaims) != 0 || !st.Ready {
+		t.Errorf("after gossip: %+v", st)
+	}
+}
