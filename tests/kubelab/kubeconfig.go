@@ -1,11 +1,16 @@
 package kubelab
 
 import (
+	"context"
 	"crypto/x509/pkix"
 	"fmt"
 	"slices"
 	"strings"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -69,4 +74,25 @@ func (c *Cluster) kubeconfig(user string, groups []string) (string, error) {
 	}
 	c.kubeconfs[key] = path
 	return path, nil
+}
+
+// ServiceAccountToken creates the ServiceAccount (and its namespace) unless
+// it exists and returns a token for it from the TokenRequest API, valid for
+// an hour, as the kubelet would mount into a Pod. Use it as a bearer token
+// (rest.Config.BearerToken) against Server() with CACert().
+func (c *Cluster) ServiceAccountToken(ctx context.Context, namespace, name string) (string, error) {
+	if err := c.EnsureNamespace(ctx, namespace); err != nil {
+		return "", err
+	}
+	sas := c.clientset.CoreV1().ServiceAccounts(namespace)
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
+	if _, err := sas.Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return "", fmt.Errorf("create service account %s/%s: %w", namespace, name, err)
+	}
+	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))}}
+	tok, err := sas.CreateToken(ctx, name, req, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("request token for service account %s/%s: %w", namespace, name, err)
+	}
+	return tok.Status.Token, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -166,6 +167,23 @@ func TestCluster(t *testing.T) {
 		again, err := c.KubeconfigFor(user, []string{"system:serviceaccounts:kube-system", "system:serviceaccounts"})
 		if err != nil || again != path {
 			t.Errorf("second KubeconfigFor = %q, %v; want %q", again, err, path)
+		}
+	})
+
+	t.Run("service account token", func(t *testing.T) {
+		token, err := c.ServiceAccountToken(ctx, "kube-system", "weft")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := c.RESTConfig()
+		cfg.CertData, cfg.KeyData, cfg.BearerToken = nil, nil, token
+		review := &authenticationv1.SelfSubjectReview{}
+		got, err := kubernetes.NewForConfigOrDie(cfg).AuthenticationV1().SelfSubjectReviews().Create(ctx, review, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("SelfSubjectReview with the token: %v", err)
+		}
+		if want := "system:serviceaccount:kube-system:weft"; got.Status.UserInfo.Username != want {
+			t.Errorf("token authenticates as %q, want %q", got.Status.UserInfo.Username, want)
 		}
 	})
 
@@ -358,4 +376,25 @@ func nodeReady(n *corev1.Node) bool {
 		}
 	}
 	return false
+}
+
+func TestStartErrors(t *testing.T) {
+	if _, err := Start(t.Context(), Config{APIServerBinary: "/nonexistent/kube-apiserver"}); !errors.Is(err, ErrMissingBinary) {
+		t.Errorf("Start without kube-apiserver: %v, want ErrMissingBinary", err)
+	}
+	cfg, err := Config{}.withDefaults()
+	if err != nil {
+		t.Skipf("no Kubernetes API for this test: %v", err)
+	}
+	cfg.APIServerArgs = []string{"--no-such-flag"}
+	_, err = Start(t.Context(), cfg)
+	if err == nil {
+		t.Fatal("Start with a bad kube-apiserver flag succeeded")
+	}
+	// The error says that the apiserver died and shows why.
+	for _, want := range []string{"kube-apiserver exited", "no-such-flag"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Start error lacks %q:\n%v", want, err)
+		}
+	}
 }
