@@ -43,7 +43,8 @@ type Lab struct {
 	pods      []*Pod
 	procs     map[*Process]struct{}
 	netnses   []string // every netns made, in order
-	registry  string
+	registry  string   // registry entry, once made
+	ownDir    bool     // Dir was made by this lab
 	closed    bool
 	closeErr  error
 	closeOnce sync.Once
@@ -116,9 +117,13 @@ func (l *Lab) setup(ctx context.Context) error {
 	if err := l.register(); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(l.Dir, 0o755); err != nil {
-		return fmt.Errorf("create lab dir: %w", err)
+	if err := os.MkdirAll(filepath.Dir(l.Dir), 0o755); err != nil {
+		return fmt.Errorf("create lab base dir: %w", err)
 	}
+	if err := os.Mkdir(l.Dir, 0o755); err != nil {
+		return fmt.Errorf("create lab dir (another lab with prefix %s? pick another or run weft netlab-clean): %w", l.Prefix, err)
+	}
+	l.ownDir = true
 	if err := os.WriteFile(filepath.Join(l.Dir, labMarker), []byte(l.Prefix+"\n"), 0o644); err != nil {
 		return fmt.Errorf("mark lab dir: %w", err)
 	}
@@ -172,7 +177,16 @@ func (l *Lab) register() error {
 		return fmt.Errorf("create lab registry: %w", err)
 	}
 	path := filepath.Join(registryDir, l.Prefix+".json")
-	if err := os.WriteFile(path, b, 0o644); err != nil {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("register lab (another lab with prefix %s? pick another or run weft netlab-clean): %w", l.Prefix, err)
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
 		return fmt.Errorf("register lab: %w", err)
 	}
 	l.registry = path
@@ -547,7 +561,7 @@ func (l *Lab) Close() error {
 				errs = append(errs, err)
 			}
 		}
-		if l.Dir != "" {
+		if l.ownDir {
 			if err := os.RemoveAll(l.Dir); err != nil {
 				errs = append(errs, fmt.Errorf("remove lab dir: %w", err))
 			}

@@ -4,6 +4,7 @@ package tests
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -376,4 +377,24 @@ func TestLabCleanAll(t *testing.T) {
 	if err := dead.Close(); err != nil {
 		t.Errorf("close after CleanAll: %v", err)
 	}
+}
+
+func TestLabPrefixClash(t *testing.T) {
+	t.Parallel()
+	first := netlab.NewForTest(t, netlab.Config{})
+	n := addNodes(t, first, 0, 1)[0]
+	if _, err := netlab.New(context.Background(), netlab.Config{Prefix: first.Prefix}); err == nil {
+		t.Fatal("a second lab with the same prefix was built")
+	}
+	if _, err := netlab.New(context.Background(), netlab.Config{Prefix: "not-ours"}); err == nil {
+		t.Fatal("a lab without the weftlab- prefix was built")
+	}
+	// The first lab is untouched.
+	if _, err := os.Stat(n.SecretFile()); err != nil {
+		t.Errorf("first lab lost its files: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join("/run/weftlab", first.Prefix+".json")); err != nil {
+		t.Errorf("first lab lost its registry entry: %v", err)
+	}
+	reach(t, labCtx(t), n.Netns, n.Addr)
 }
