@@ -63,6 +63,7 @@ enforce NetworkPolicy. Every flag can also be set with WEFT_<FLAG> (upper case,
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "address of /metrics, /healthz and /readyz (empty: off)")
 	f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig of the Kubernetes API (default: in-cluster config when in a pod)")
 	f.IntVar(&cfg.MTU, "mtu", 0, "MTU of the tunnel and pods (0: the underlay's MTU minus 80)")
+	f.DurationVar(&cfg.ReapTime, "reap-time", cfg.ReapTime, "how long a peer that stopped answering keeps its tunnel before it is removed (rmpeer removes it at once)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	annotateEnv(f)
 	return cmd

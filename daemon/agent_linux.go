@@ -1,0 +1,276 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sync/errgroup"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftnet/weft/crypto"
+	"github.com/weftnet/weft/ipalloc"
+	"github.com/weftnet/weft/mesh"
+)
+
+// keepalive is the PersistentKeepalive every peer gets: it keeps NAT
+// mappings open for peers behind NAT and gives every tunnel a fresh
+// handshake to judge the direct path by.
+const keepalive = 25 * time.Second
+
+// podGateway is the link-local next hop every pod routes through; the host
+// end of the pod's veth answers ARP for it (proxy ARP).
+var podGateway = netip.MustParseAddr("169.254.1.1")
+
+// agent is one running daemon. The reconcile loop owns the tunnel, routes
+// and rules; the fields under mu are what status and the API read.
+type agent struct {
+	cfg      Config
+	log      *slog.Logger
+	secret   crypto.Secret
+	underlay underlay
+	endpoint string
+	mtu      int
+	key      wgtypes.Key
+	tun      *crypto.Tunnel
+	mesh     *mesh.Mesh
+	alloc    *ipalloc.Allocator
+	nl       *netlink.Handle
+	kick     chan struct{}
+
+	mu         sync.Mutex
+	tunnelAddr netip.Addr
+	ready      bool
+	notReady   string
+	lastErr    string
+	peers      map[string]*knownPeer // by name; owned by the reconcile loop, read under mu
+}
+
+// knownPeer is a member as the reconcile loop last saw it, kept for ReapTime
+// after it stopped answering.
+type knownPeer struct {
+	peer
+	Alive    bool
+	LastSeen time.Time
+	Endpoint string
+}
+
+// Run runs the node agent until ctx is done.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	a := &agent{cfg: cfg, log: log, kick: make(chan struct{}, 1), peers: map[string]*knownPeer{}}
+	if err := a.setup(); err != nil {
+		a.teardown()
+		return err
+	}
+	defer a.teardown()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.mesh.Run(gctx) })
+	g.Go(func() error { return a.alloc.Run(gctx) })
+	g.Go(func() error { return (&apiServer{socket: cfg.SocketPath(), b: a, log: log}).Run(gctx) })
+	if cfg.MetricsAddr != "" {
+		g.Go(func() error { return a.serveHealth(gctx) })
+	}
+	g.Go(func() error { return a.claimTunnelAddr(gctx) })
+	g.Go(func() error { return a.reconcileLoop(gctx) })
+	g.Go(func() error {
+		select {
+		case <-gctx.Done():
+			return nil
+		case <-a.tun.Done():
+			return fmt.Errorf("the tunnel device %s was deleted under the daemon: restart it to recreate the device", a.tun.Name())
+		}
+	})
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+func (a *agent) setup() error {
+	cfg := a.cfg
+	if cfg.SecretFile != "" {
+		s, err := crypto.ReadSecret(cfg.SecretFile)
+		if err != nil {
+			return err
+		}
+		a.secret = s
+	} else {
+		a.log.Warn("RUNNING INSECURE: no cluster secret, gossip is in clear and tunnels have no preshared key; " +
+			"any host that reaches the gossip port can join. Give every node --secret-file.")
+	}
+	u, err := findUnderlay(cfg.Listen)
+	if err != nil {
+		return err
+	}
+	a.underlay = u
+	a.endpoint = cfg.AdvertiseEndpoint
+	if a.endpoint == "" {
+		a.endpoint = net.JoinHostPort(u.Addr.String(), strconv.Itoa(cfg.WGPort))
+	}
+	a.mtu = cfg.MTU
+	if a.mtu == 0 {
+		a.mtu = crypto.AutoMTU(u.MTU)
+	}
+	for _, s := range nodeSysctls {
+		if err := setSysctl(s[0], s[1]); err != nil {
+			return err
+		}
+	}
+	if a.key, err = crypto.LoadOrCreatePrivateKey(cfg.StateDir, a.log); err != nil {
+		return err
+	}
+	if a.nl, err = netlink.NewHandle(); err != nil {
+		return fmt.Errorf("open netlink: %w", err)
+	}
+	a.tun, err = crypto.OpenTunnel(crypto.TunnelConfig{
+		Name: cfg.Iface, Mode: cfg.WGMode, PrivateKey: a.key, ListenPort: cfg.WGPort, MTU: a.mtu, Logger: a.log,
+	})
+	if err != nil {
+		return err
+	}
+	seed, err := parseIPAllocInit(cfg.IPAllocInit)
+	if err != nil {
+		return err
+	}
+	bridge := &meshBridge{}
+	a.alloc, err = ipalloc.New(ipalloc.Config{
+		Self:      cfg.NodeName,
+		CIDR:      cfg.PodCIDR,
+		Seed:      seed,
+		StateDir:  cfg.StateDir,
+		Transport: bridge,
+		Peers:     bridge.liveNames,
+		Broadcast: bridge.broadcast,
+		Logger:    a.log.With("part", "ipalloc"),
+	})
+	if err != nil {
+		return err
+	}
+	mcfg := mesh.DefaultConfig()
+	mcfg.NodeName = cfg.NodeName
+	mcfg.BindAddr = u.Addr.String()
+	mcfg.BindPort = cfg.GossipPort
+	if a.secret != nil {
+		mcfg.Key = a.secret.GossipKey()
+	}
+	mcfg.Seeds = cfg.Peers
+	mcfg.Meta = a.meta(netip.Addr{})
+	mcfg.Logger = a.log.With("part", "mesh")
+	mcfg.Delegate = allocDelegate{a.alloc, a.log}
+	if a.mesh, err = mesh.New(mcfg); err != nil {
+		return err
+	}
+	bridge.m = a.mesh
+	a.log.Info("weft daemon starting", "node", cfg.NodeName, "underlay", u.Addr, "iface", u.Iface,
+		"endpoint", a.endpoint, "wg-mode", a.tun.Mode(), "mtu", a.mtu, "public-key", a.key.PublicKey().String())
+	return nil
+}
+
+// teardown releases what setup opened. The tunnel device, its routes and
+// rules stay: the data path outlives the daemon.
+func (a *agent) teardown() {
+	if a.alloc != nil {
+		if err := a.alloc.Close(); err != nil {
+			a.log.Warn("close allocator state", "err", err)
+		}
+	}
+	if a.tun != nil {
+		if err := a.tun.Close(); err != nil {
+			a.log.Warn("close tunnel", "err", err)
+		}
+	}
+	if a.nl != nil {
+		a.nl.Close()
+	}
+}
+
+func (a *agent) meta(tunnelAddr netip.Addr) mesh.Meta {
+	return mesh.Meta{
+		Proto:      mesh.ProtoVersion,
+		Name:       a.cfg.NodeName,
+		PublicKey:  a.key.PublicKey(),
+		Endpoint:   a.endpoint,
+		TunnelAddr: tunnelAddr,
+	}
+}
+
+// parseIPAllocInit reads --ipalloc-init: "seed=NODE1,NODE2,..." or empty.
+func parseIPAllocInit(s string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	v, ok := strings.CutPrefix(s, "seed=")
+	if !ok {
+		return nil, fmt.Errorf("--ipalloc-init %q: want seed=NODE1,NODE2,... (the same list on every node)", s)
+	}
+	var out []string
+	for _, n := range strings.Split(v, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--ipalloc-init %q names no node", s)
+	}
+	return out, nil
+}
+
+// nodeKey is the allocation of this node's own tunnel address.
+func (a *agent) nodeKey() ipalloc.Key {
+	return ipalloc.Key{ContainerID: "weft-node:" + a.cfg.NodeName, IfName: a.cfg.Iface}
+}
+
+// claimTunnelAddr allocates this node's address on the overlay (retrying
+// until the allocator has space), puts it on the tunnel device and tells the
+// mesh.
+func (a *agent) claimTunnelAddr(ctx context.Context) error {
+	delay := 200 * time.Millisecond
+	for {
+		addr, err := a.alloc.Allocate(ctx, a.nodeKey(), map[string]string{"owner": "node"})
+		if err == nil {
+			a.mu.Lock()
+			a.tunnelAddr = addr
+			a.mu.Unlock()
+			if err := a.mesh.SetMeta(a.meta(addr)); err != nil {
+				return fmt.Errorf("publish tunnel address: %w", err)
+			}
+			a.log.Info("tunnel address claimed", "addr", addr)
+			a.trigger()
+			return nil
+		}
+		a.setNotReady("no tunnel address yet: " + err.Error())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+func (a *agent) setNotReady(reason string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ready = false
+	a.notReady = reason
+}
+
+// trigger asks the reconcile loop for a pass soon; it never blocks.
+func (a *agent) trigger() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}

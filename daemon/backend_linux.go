@@ -1,0 +1,284 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/ipalloc"
+	"github.com/weftnet/weft/version"
+)
+
+// Ready: pods can be given addresses when this node has its tunnel address,
+// its tunnel is set up, and it is in the mesh.
+func (a *agent) Ready() api.Ready {
+	if ok, why := a.alloc.Ready(); !ok {
+		return api.Ready{Reason: "address allocator: " + why}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ready {
+		return api.Ready{Ready: true}
+	}
+	reason := a.notReady
+	if reason == "" {
+		reason = "starting"
+	}
+	return api.Ready{Reason: reason}
+}
+
+func keyOf(at api.Attachment) ipalloc.Key {
+	return ipalloc.Key{ContainerID: at.ContainerID, IfName: at.IfName}
+}
+
+func (a *agent) allocation(at api.Attachment, addr netip.Addr) api.Allocation {
+	return api.Allocation{
+		Attachment: at,
+		Address:    netip.PrefixFrom(addr, 32),
+		Gateway:    podGateway,
+		MTU:        a.mtu,
+		PodCIDR:    a.cfg.PodCIDR,
+	}
+}
+
+// apiError turns an allocator error into what the plugin branches on.
+func apiError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ipalloc.ErrFull):
+		return &api.Error{Status: http.StatusInsufficientStorage, Code: api.CodeFull, Message: err.Error(),
+			Hint: "free addresses by deleting pods, or give the cluster a larger --pod-cidr"}
+	case errors.Is(err, ipalloc.ErrNoSpace):
+		return &api.Error{Status: http.StatusServiceUnavailable, Code: api.CodeNotReady, Message: err.Error(),
+			Hint: "this node is waiting for address space from its peers; the runtime retries"}
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return &api.Error{Status: http.StatusServiceUnavailable, Code: api.CodeNotReady, Message: err.Error()}
+	}
+	return err
+}
+
+func (a *agent) Allocate(ctx context.Context, at api.Attachment) (api.Allocation, error) {
+	meta := map[string]string{"netns": at.Netns, "namespace": at.PodNamespace, "pod": at.PodName}
+	addr, err := a.alloc.Allocate(ctx, keyOf(at), meta)
+	if err != nil {
+		return api.Allocation{}, apiError(err)
+	}
+	return a.allocation(at, addr), nil
+}
+
+func (a *agent) Release(ctx context.Context, at api.Attachment) (api.Allocation, bool, error) {
+	if keyOf(at) == a.nodeKey() {
+		return api.Allocation{}, false, &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest,
+			Message: "that key is this node's own tunnel address"}
+	}
+	addr, ok, err := a.alloc.Release(ctx, keyOf(at))
+	if err != nil || !ok {
+		return api.Allocation{Attachment: at}, ok, apiError(err)
+	}
+	return a.allocation(at, addr), true, nil
+}
+
+func (a *agent) Check(_ context.Context, at api.Attachment) (api.Allocation, error) {
+	k := keyOf(at)
+	for _, al := range a.alloc.List() {
+		if al.Key == k {
+			return a.allocation(at, al.Addr), nil
+		}
+	}
+	return api.Allocation{}, &api.Error{Status: http.StatusNotFound, Code: api.CodeUnknown,
+		Message: fmt.Sprintf("the weft daemon holds no address for container %s interface %s", at.ContainerID, at.IfName)}
+}
+
+func (a *agent) GC(ctx context.Context, valid []api.Attachment) ([]api.Allocation, error) {
+	keep := []ipalloc.Key{a.nodeKey()}
+	for _, v := range valid {
+		keep = append(keep, keyOf(v))
+	}
+	freed, err := a.alloc.GC(ctx, keep)
+	if err != nil {
+		return nil, apiError(err)
+	}
+	out := make([]api.Allocation, 0, len(freed))
+	for _, f := range freed {
+		out = append(out, a.allocation(api.Attachment{ContainerID: f.Key.ContainerID, IfName: f.Key.IfName}, f.Addr))
+	}
+	return out, nil
+}
+
+func (a *agent) Rmpeer(ctx context.Context, node string) (string, error) {
+	if node == a.cfg.NodeName {
+		return "", &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest,
+			Message: "rmpeer names this node itself", Hint: "run rmpeer on a live node for a node that is gone"}
+	}
+	msg, err := a.alloc.Rmpeer(ctx, node)
+	if err != nil {
+		return "", err
+	}
+	a.forgetPeer(node)
+	return msg, nil
+}
+
+// PeerStatus is one row of `weft status peers --json`.
+type PeerStatus struct {
+	Name          string   `json:"name"`
+	PublicKey     string   `json:"publicKey"`
+	Endpoint      string   `json:"endpoint,omitempty"`
+	Advertised    string   `json:"advertisedEndpoint,omitempty"`
+	TunnelAddr    string   `json:"tunnelAddress,omitempty"`
+	State         string   `json:"state"` // alive, down
+	Path          string   `json:"path"`  // direct, relayed
+	Via           string   `json:"via,omitempty"`
+	LastHandshake string   `json:"lastHandshake,omitempty"`
+	HandshakeAge  float64  `json:"handshakeAgeSeconds,omitempty"`
+	RxBytes       int64    `json:"rxBytes"`
+	TxBytes       int64    `json:"txBytes"`
+	AllowedIPs    []string `json:"allowedIPs"`
+}
+
+// PeersStatus is `weft status peers --json`.
+type PeersStatus struct {
+	Node       string       `json:"node"`
+	Version    string       `json:"version"`
+	PublicKey  string       `json:"publicKey"`
+	Endpoint   string       `json:"endpoint"`
+	TunnelAddr string       `json:"tunnelAddress,omitempty"`
+	Interface  string       `json:"interface"`
+	WGMode     string       `json:"wgMode"`
+	MTU        int          `json:"mtu"`
+	Ready      bool         `json:"ready"`
+	Reason     string       `json:"reason,omitempty"`
+	Members    int          `json:"members"`
+	Health     int          `json:"healthScore"`
+	Peers      []PeerStatus `json:"peers"`
+}
+
+func (a *agent) Status(section string) (any, error) {
+	switch section {
+	case "peers":
+		return a.peersStatus()
+	case "ipam":
+		return a.alloc.Status(a.reachable), nil
+	case "policy":
+		return map[string]any{"policies": []any{}, "note": "NetworkPolicy is not enforced by this build"}, nil
+	case "":
+		p, err := a.peersStatus()
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"peers": p, "ipam": a.alloc.Status(a.reachable)}, nil
+	}
+	return nil, &api.Error{Status: http.StatusNotFound, Code: api.CodeBadRequest, Message: "no status section " + section}
+}
+
+func (a *agent) reachable(node string) bool {
+	if node == a.cfg.NodeName {
+		return true
+	}
+	for _, m := range a.mesh.Members() {
+		if m.Name == node {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *agent) peersStatus() (PeersStatus, error) {
+	dev, err := a.tun.Device()
+	if err != nil {
+		return PeersStatus{}, fmt.Errorf("read tunnel device: %w", err)
+	}
+	h := a.mesh.Health()
+	r := a.Ready()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := PeersStatus{
+		Node: a.cfg.NodeName, Version: version.Version, PublicKey: a.key.PublicKey().String(),
+		Endpoint: a.endpoint, Interface: a.tun.Name(), WGMode: a.tun.Mode(), MTU: a.mtu,
+		Ready: r.Ready, Reason: r.Reason, Members: h.Members, Health: h.Score,
+	}
+	if a.tunnelAddr.IsValid() {
+		st.TunnelAddr = a.tunnelAddr.String()
+	}
+	byKey := map[string]*knownPeer{}
+	for _, kp := range a.peers {
+		byKey[kp.PublicKey.String()] = kp
+	}
+	now := time.Now()
+	for _, p := range dev.Peers {
+		ps := PeerStatus{PublicKey: p.PublicKey.String()[:10] + "…", Path: "direct", State: "unknown",
+			RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes, AllowedIPs: []string{}}
+		if kp := byKey[p.PublicKey.String()]; kp != nil {
+			ps.Name = kp.Name
+			ps.Advertised = kp.Endpoint
+			if kp.TunnelAddr.IsValid() {
+				ps.TunnelAddr = kp.TunnelAddr.String()
+			}
+			ps.State = "down"
+			if kp.Alive {
+				ps.State = "alive"
+			}
+			if kp.RelayVia != "" {
+				ps.Path, ps.Via = "relayed", kp.RelayVia
+			}
+		}
+		if p.Endpoint != nil {
+			ps.Endpoint = p.Endpoint.String()
+		}
+		if !p.LastHandshakeTime.IsZero() {
+			ps.LastHandshake = p.LastHandshakeTime.UTC().Format(time.RFC3339)
+			ps.HandshakeAge = now.Sub(p.LastHandshakeTime).Seconds()
+		}
+		for _, n := range ipNetsToPrefixes(p.AllowedIPs) {
+			ps.AllowedIPs = append(ps.AllowedIPs, n.String())
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	sort.Slice(st.Peers, func(i, j int) bool { return st.Peers[i].Name < st.Peers[j].Name })
+	return st, nil
+}
+
+// Allocator messages on the mesh carry a one-byte tag: a ring delta sent to
+// everyone, or a message of the donation protocol sent to one peer.
+const (
+	tagRingDelta byte = 'R'
+	tagAllocMsg  byte = 'M'
+)
+
+// allocDelegate hands the allocator's ring to the gossip.
+type allocDelegate struct {
+	alloc *ipalloc.Allocator
+	log   *slog.Logger
+}
+
+func (d allocDelegate) LocalState() []byte { return d.alloc.LocalState() }
+
+func (d allocDelegate) MergeRemoteState(data []byte) {
+	if err := d.alloc.MergeRemote(data); err != nil {
+		d.log.Warn("ring from gossip refused", "err", err)
+	}
+}
+
+func (d allocDelegate) NotifyMsg(from string, msg []byte) {
+	if len(msg) == 0 {
+		return
+	}
+	var err error
+	switch msg[0] {
+	case tagRingDelta:
+		err = d.alloc.MergeRemote(msg[1:])
+	case tagAllocMsg:
+		err = d.alloc.HandleMessage(from, msg[1:])
+	default:
+		err = fmt.Errorf("unknown message tag %#x", msg[0])
+	}
+	if err != nil {
+		d.log.Warn("allocator message refused", "peer", from, "err", err)
+	}
+}

@@ -1,0 +1,264 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftnet/weft/mesh"
+)
+
+// reconcileLoop makes the kernel match the mesh on every membership or ring
+// change and on a periodic resync, so a missed event heals itself.
+func (a *agent) reconcileLoop(ctx context.Context) error {
+	mem := endpointMemory{}
+	tick := time.NewTicker(a.cfg.ResyncInterval)
+	defer tick.Stop()
+	// A short timer catches reaps and keeps a failed pass retried soon.
+	retry := time.NewTicker(2 * time.Second)
+	defer retry.Stop()
+	failed := false
+	for {
+		if err := a.reconcile(mem); err != nil {
+			if !failed {
+				a.log.Warn("reconcile failed; retrying", "err", err)
+			}
+			failed = true
+			a.mu.Lock()
+			a.lastErr = err.Error()
+			a.mu.Unlock()
+		} else {
+			if failed {
+				a.log.Info("reconcile recovered")
+			}
+			failed = false
+			a.mu.Lock()
+			a.lastErr = ""
+			a.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-a.mesh.Events():
+			a.log.Debug("mesh event", "type", ev.Type, "peer", ev.Peer.Name)
+		case <-a.alloc.Changes():
+		case <-a.kick:
+		case <-tick.C:
+		case <-retry.C:
+			if !failed && !a.reapDue() {
+				continue
+			}
+		}
+	}
+}
+
+// refreshPeers folds the mesh's members and the ring's owners into the
+// known peers: members are alive; a peer that left is kept (with its tunnel)
+// until ReapTime has passed, so a short outage does not churn the mesh.
+func (a *agent) refreshPeers(now time.Time) {
+	members := a.mesh.Members()
+	ranges := a.alloc.Ranges()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	seen := map[string]bool{}
+	for _, m := range members {
+		seen[m.Name] = true
+		kp := a.peers[m.Name]
+		if kp == nil {
+			kp = &knownPeer{}
+			a.peers[m.Name] = kp
+		}
+		kp.Name = m.Name
+		kp.PublicKey = wgtypes.Key(m.Meta.PublicKey)
+		kp.TunnelAddr = m.Meta.TunnelAddr
+		kp.Endpoint = m.Meta.Endpoint
+		kp.peer.Endpoint = resolveEndpoint(m.Meta.Endpoint)
+		kp.Alive = true
+		kp.LastSeen = now
+	}
+	for name, kp := range a.peers {
+		if !seen[name] {
+			kp.Alive = false
+			if now.Sub(kp.LastSeen) > a.cfg.ReapTime {
+				a.log.Info("peer reaped: its tunnel is removed", "peer", name, "down-for", now.Sub(kp.LastSeen).Round(time.Second))
+				delete(a.peers, name)
+			}
+		}
+	}
+	for _, kp := range a.peers {
+		kp.Ranges = ranges[kp.Name]
+	}
+}
+
+// forgetPeer drops a peer at once (rmpeer, Node deletion).
+func (a *agent) forgetPeer(name string) {
+	a.mu.Lock()
+	delete(a.peers, name)
+	a.mu.Unlock()
+	a.trigger()
+}
+
+func (a *agent) reapDue() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	for _, kp := range a.peers {
+		if !kp.Alive && now.Sub(kp.LastSeen) > a.cfg.ReapTime {
+			return true
+		}
+	}
+	return false
+}
+
+func resolveEndpoint(s string) *net.UDPAddr {
+	if s == "" {
+		return nil
+	}
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return net.UDPAddrFromAddrPort(ap)
+	}
+	u, err := net.ResolveUDPAddr("udp", s)
+	if err != nil {
+		return nil
+	}
+	return u
+}
+
+// view is the desired tunnel state from the known peers.
+func (a *agent) view() (meshView, netip.Addr) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	v := meshView{Keepalive: keepalive}
+	if a.secret != nil {
+		psk := a.secret.PresharedKey()
+		v.PSK = &psk
+	}
+	for _, kp := range a.peers {
+		v.Peers = append(v.Peers, kp.peer)
+	}
+	return v, a.tunnelAddr
+}
+
+// reconcile is one pass: tunnel link, peers, routes, masquerade.
+func (a *agent) reconcile(mem endpointMemory) error {
+	a.refreshPeers(time.Now())
+	v, self := a.view()
+	var errs []error
+	link, err := a.nl.LinkByName(a.tun.Name())
+	if err != nil {
+		return fmt.Errorf("tunnel device %s is gone: %w", a.tun.Name(), err)
+	}
+	if err := a.ensureLink(link, self); err != nil {
+		errs = append(errs, err)
+	}
+	dev, err := a.tun.Device()
+	if err != nil {
+		return fmt.Errorf("read tunnel device: %w", err)
+	}
+	if dev.PrivateKey != a.key || dev.ListenPort != a.cfg.WGPort {
+		if err := a.tun.Configure(wgtypes.Config{PrivateKey: &a.key, ListenPort: &a.cfg.WGPort}); err != nil {
+			errs = append(errs, fmt.Errorf("set tunnel key and port: %w", err))
+		}
+	}
+	if cfgs := diffPeers(dev.Peers, v, mem); len(cfgs) > 0 {
+		if err := a.tun.Configure(wgtypes.Config{Peers: cfgs}); err != nil {
+			errs = append(errs, fmt.Errorf("configure tunnel peers: %w", err))
+		} else {
+			mem.remember(cfgs)
+			a.log.Debug("tunnel peers changed", "changes", len(cfgs))
+		}
+	}
+	if self.IsValid() {
+		if err := syncRoutes(a.nl, link.Attrs().Index, desiredRoutes(a.cfg.PodCIDR, self, v.allowedIPs())); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := syncMasquerade(a.cfg.PodCIDR); err != nil {
+		errs = append(errs, err)
+	}
+	err = errors.Join(errs...)
+	a.mu.Lock()
+	switch {
+	case !self.IsValid():
+		a.ready = false
+		if a.notReady == "" {
+			a.notReady = "waiting for a tunnel address from the allocator"
+		}
+	case err != nil:
+		a.ready = false
+		a.notReady = "tunnel not set up: " + err.Error()
+	default:
+		a.ready = true
+		a.notReady = ""
+	}
+	a.mu.Unlock()
+	return err
+}
+
+// ensureLink keeps the tunnel device up with its MTU and this node's
+// overlay address.
+func (a *agent) ensureLink(link netlink.Link, self netip.Addr) error {
+	if link.Attrs().MTU != a.mtu {
+		if err := a.nl.LinkSetMTU(link, a.mtu); err != nil {
+			return fmt.Errorf("set MTU of %s: %w", link.Attrs().Name, err)
+		}
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := a.nl.LinkSetUp(link); err != nil {
+			return fmt.Errorf("bring %s up: %w", link.Attrs().Name, err)
+		}
+	}
+	if !self.IsValid() {
+		return nil
+	}
+	addrs, err := a.nl.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
+	}
+	want := &net.IPNet{IP: self.AsSlice(), Mask: net.CIDRMask(32, 32)}
+	found := false
+	for _, ad := range addrs {
+		if ad.IPNet.String() == want.String() {
+			found = true
+			continue
+		}
+		// An address of an earlier life (a reclaimed range) must go.
+		if err := a.nl.AddrDel(link, &ad); err != nil {
+			return fmt.Errorf("remove stale address %s from %s: %w", ad.IPNet, link.Attrs().Name, err)
+		}
+	}
+	if !found {
+		if err := a.nl.AddrAdd(link, &netlink.Addr{IPNet: want}); err != nil {
+			return fmt.Errorf("add %s to %s: %w", want, link.Attrs().Name, err)
+		}
+	}
+	return nil
+}
+
+// meshBridge carries the allocator's messages over the mesh. The mesh is
+// set once, before anything runs.
+type meshBridge struct{ m *mesh.Mesh }
+
+func (b *meshBridge) Send(_ context.Context, peer string, msg []byte) error {
+	return b.m.SendTo(peer, append([]byte{tagAllocMsg}, msg...))
+}
+
+func (b *meshBridge) broadcast(delta []byte) { b.m.Broadcast(append([]byte{tagRingDelta}, delta...)) }
+
+func (b *meshBridge) liveNames() []string {
+	if b.m == nil {
+		return nil
+	}
+	ms := b.m.Members()
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.Name
+	}
+	return out
+}
