@@ -100,15 +100,25 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "kubelab-")
-	if err != nil {
-		return nil, fmt.Errorf("make lab directory: %w", err)
+	// The free ports are only free until a server binds them: another
+	// process may take one first. Try again with new ones then.
+	const attempts = 3
+	for i := 1; ; i++ {
+		dir, err := os.MkdirTemp("", "kubelab-")
+		if err != nil {
+			return nil, fmt.Errorf("make lab directory: %w", err)
+		}
+		c := &Cluster{cfg: cfg, dir: dir, kubeconfs: map[string]string{}}
+		err = c.start(ctx)
+		if err == nil {
+			return c, nil
+		}
+		err = errors.Join(err, c.Close())
+		if i == attempts || !strings.Contains(err.Error(), "address already in use") {
+			return nil, err
+		}
+		cfg.Logger.Warn("a port was taken; starting again", "attempt", i, "err", err)
 	}
-	c := &Cluster{cfg: cfg, dir: dir, kubeconfs: map[string]string{}}
-	if err := c.start(ctx); err != nil {
-		return nil, errors.Join(err, c.Close())
-	}
-	return c, nil
 }
 
 func (cfg Config) withDefaults() (Config, error) {
