@@ -137,7 +137,6 @@ func TestLabOwnRunWireguard(t *testing.T) {
 	lab := netlab.NewForTest(t, netlab.Config{})
 	ctx := labCtx(t)
 	n := addNodes(t, lab, 0, 2)
-	hostBefore, _ := os.ReadDir("/run/wireguard")
 
 	if _, err := n[0].Exec(ctx, "sh", "-c", "echo one > /var/run/wireguard/mark"); err != nil {
 		t.Fatal(err)
@@ -150,10 +149,6 @@ func TestLabOwnRunWireguard(t *testing.T) {
 	}
 	if _, err := os.Stat("/run/wireguard/mark"); err == nil {
 		t.Error("the host sees node1's /run/wireguard")
-	}
-	hostAfter, _ := os.ReadDir("/run/wireguard")
-	if len(hostAfter) != len(hostBefore) {
-		t.Errorf("host /run/wireguard changed: %d -> %d entries", len(hostBefore), len(hostAfter))
 	}
 
 	// wg show reads the UAPI socket of its own node: serve a fake one in
