@@ -176,6 +176,13 @@ func (l *Lab) register() error {
 	if err := os.MkdirAll(registryDir, 0o755); err != nil {
 		return fmt.Errorf("create lab registry: %w", err)
 	}
+	// Under the lock, CleanAll sees this lab either not at all (and none of
+	// its namespaces) or registered.
+	unlock, err := lockRegistry()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	path := filepath.Join(registryDir, l.Prefix+".json")
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
