@@ -393,3 +393,91 @@ func TestLabPrefixClash(t *testing.T) {
 	}
 	reach(t, labCtx(t), n.Netns, n.Addr)
 }
+
+func init() {
+	labHelpers["lab"] = labHelper
+}
+
+// labHelper builds a lab with a running "daemon" and waits to be killed:
+// an interrupted test run.
+func labHelper() {
+	lab, err := netlab.New(context.Background(), netlab.Config{WeftBinary: os.Getenv("WEFT_LAB_FAKE_WEFT")})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lab helper:", err)
+		os.Exit(1)
+	}
+	nodes, err := lab.AddNodes(0, 2)
+	if err == nil {
+		err = nodes[0].StartDaemon()
+	}
+	if err == nil {
+		_, err = lab.AddSite(true)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lab helper:", err)
+		lab.Close()
+		os.Exit(1)
+	}
+	fmt.Printf("%s %d\n", lab.Prefix, nodes[0].DaemonPID())
+	select {}
+}
+
+func TestLabCleanAllAfterKill(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces")
+	}
+	ctx := labCtx(t)
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "WEFT_LAB_HELPER=lab", "WEFT_LAB_FAKE_WEFT="+fakeWeft(t))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var prefix string
+	var daemonPID int
+	if _, err := fmt.Fscan(stdout, &prefix, &daemonPID); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("lab helper: %v", err)
+	}
+	if got := ours(prefix, netnsList(t)); len(got) != 4 { // ul, rt, 2 nodes
+		t.Errorf("netns of the helper's lab: %v", got)
+	}
+	// CleanAll leaves a lab alone while its owner lives.
+	if err := netlab.CleanAll(nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := ours(prefix, netnsList(t)); len(got) != 4 {
+		t.Errorf("CleanAll touched a live lab: %v", got)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/ns/net", daemonPID)); err != nil {
+		// A CleanAll of another test may have been quicker.
+		t.Logf("the daemon is gone already: %v", err)
+	}
+
+	if err := netlab.CleanAll(nil); err != nil {
+		t.Fatalf("CleanAll: %v", err)
+	}
+	if got := ours(prefix, netnsList(t)); len(got) != 0 {
+		t.Errorf("netns left: %v", got)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/ns/net", daemonPID)); err == nil {
+		t.Error("the daemon survived")
+	}
+	if countMounts(t, prefix) != 0 {
+		t.Error("mounts left")
+	}
+	if _, err := os.Stat(filepath.Join(os.TempDir(), prefix)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lab dir left: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join("/run/weftlab", prefix+".json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("registry entry left: %v", err)
+	}
+}
