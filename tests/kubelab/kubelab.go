@@ -102,9 +102,10 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	// The free ports are only free until a server binds them: another
 	// process may take one first. Try again with new ones then.
+	removeStale(cfg.Logger.Info)
 	const attempts = 3
 	for i := 1; ; i++ {
-		dir, err := os.MkdirTemp("", "kubelab-")
+		dir, err := os.MkdirTemp("", dirPattern("kubelab-"))
 		if err != nil {
 			return nil, fmt.Errorf("make lab directory: %w", err)
 		}
@@ -262,7 +263,12 @@ func (c *Cluster) path(name string) string { return filepath.Join(c.dir, name) }
 // startEtcd runs a one-member etcd on the namespace's loopback and waits
 // for its /health; it returns the client URL.
 func (c *Cluster) startEtcd(ctx context.Context) (string, error) {
-	dataDir, err := os.MkdirTemp(tmpfsDir(), "kubelab-etcd-")
+	// etcd keeps its data in memory when it can: this etcd (3.4) has no
+	// --unsafe-no-fsync, and fsync on a busy disk slows every write.
+	dataDir, err := os.MkdirTemp("/dev/shm", dirPattern("kubelab-etcd-"))
+	if err != nil {
+		dataDir, err = os.MkdirTemp("", dirPattern("kubelab-etcd-"))
+	}
 	if err != nil {
 		return "", fmt.Errorf("make etcd data directory: %w", err)
 	}
@@ -319,20 +325,6 @@ func (c *Cluster) startEtcd(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("wait for etcd: %w\n%s", err, c.etcd.tail(20))
 	}
 	return clientURL, nil
-}
-
-// tmpfsDir is where etcd keeps its data: memory when /dev/shm is there,
-// since this etcd (3.4) has no --unsafe-no-fsync and fsync on a busy disk
-// slows every write of the API.
-func tmpfsDir() string {
-	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
-		if f, err := os.CreateTemp("/dev/shm", "kubelab-probe-"); err == nil {
-			f.Close()
-			os.Remove(f.Name())
-			return "/dev/shm"
-		}
-	}
-	return ""
 }
 
 func etcdHasFlag(bin, flag string) bool {

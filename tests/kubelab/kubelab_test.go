@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -395,6 +396,27 @@ func TestStartErrors(t *testing.T) {
 	for _, want := range []string{"kube-apiserver exited", "no-such-flag"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Start error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestOwnerGone(t *testing.T) {
+	self := strconv.Itoa(os.Getpid())
+	cases := []struct {
+		name string
+		want bool
+	}{
+		{"kubelab-" + self + "-123", false},
+		{"kubelab-etcd-" + self + "-123", false},
+		{"kubelab-2147483646-123", true},
+		{"kubelab-etcd-2147483646-123", true},
+		{"kubelab-123456789", false},
+		{"kubelab-probe-1", false},
+		{"kubelab--1", false},
+	}
+	for _, tc := range cases {
+		if got := ownerGone(tc.name); got != tc.want {
+			t.Errorf("ownerGone(%q) = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
