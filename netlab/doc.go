@@ -22,6 +22,20 @@
 // has its own name prefix (weftlab-<6 hex digits>), so labs of several test
 // packages run side by side; Close removes all of it, and CleanAll removes
 // what interrupted runs left behind.
+//
+// A test on a lab:
+//
+//	lab := netlab.NewForTest(t, netlab.Config{}) // skips without root
+//	nodes, err := lab.AddNodes(0, 3)
+//	for _, n := range nodes {
+//		err = n.StartDaemon("--peers", nodes[0].Addr.String(), "--ipalloc-init", "seed=node1,node2,node3")
+//	}
+//	err = nodes[0].WaitSocket(ctx)
+//	pod, err := nodes[0].AddPod(ctx, netlab.PodConfig{Name: "web"}) // weft-cni via libcni
+//	capture, err := lab.Capture(ctx)
+//	rtt, err := pod.Ping(ctx, otherPod.IP())
+//	for _, p := range capture.Stop() { ... } // only UDP to 6784 on the underlay?
+//	err = lab.Cut(nodes[0], nodes[1]) // and lab.Heal
 package netlab
 
 import (
