@@ -103,26 +103,11 @@ func Install(ctx context.Context, cfg InstallConfig) (InstallResult, error) {
 		return res, err
 	}
 
-	res.CNIVersions = []string{conflistBaseVersion, conflistNewVersion}
-	for _, name := range chained {
-		path := filepath.Join(cfg.BinDir, name)
-		if _, err := os.Stat(path); err != nil {
-			cfg.Log.Warn("chained plugin not installed; leaving it out of the weft network config (hostPort will not work until it is installed and install-cni runs again)",
-				"plugin", name, "bin-dir", cfg.BinDir)
-			continue
-		}
-		res.Chained = append(res.Chained, name)
-		if ok, err := supports(ctx, path, conflistNewVersion); !ok {
-			cfg.Log.Warn("chained plugin lacks CNI "+conflistNewVersion+"; the network config offers "+conflistBaseVersion+" only (no STATUS or GC)",
-				"plugin", name, "err", err)
-			res.CNIVersions = []string{conflistBaseVersion}
-		}
-	}
-
-	data, err := renderConflist(cfg, res.CNIVersions, res.Chained)
+	data, versions, chain, err := conflist(ctx, cfg)
 	if err != nil {
 		return res, err
 	}
+	res.CNIVersions, res.Chained = versions, chain
 	res.Conflist = filepath.Join(cfg.ConfDir, ConflistName)
 	if old, err := os.ReadFile(res.Conflist); err == nil && bytes.Equal(old, data) {
 		// Unchanged: spare the runtimes watching the directory a reload.
@@ -133,6 +118,33 @@ func Install(ctx context.Context, cfg InstallConfig) (InstallResult, error) {
 		return err
 	})
 	return res, err
+}
+
+// Conflist renders the network config Install writes for cfg: it asks the
+// chained plugins in cfg.BinDir for their versions, as Install does.
+func Conflist(ctx context.Context, cfg InstallConfig) ([]byte, error) {
+	data, _, _, err := conflist(ctx, cfg.withDefaults())
+	return data, err
+}
+
+func conflist(ctx context.Context, cfg InstallConfig) (data []byte, versions, chain []string, err error) {
+	versions = []string{conflistBaseVersion, conflistNewVersion}
+	for _, name := range chained {
+		path := filepath.Join(cfg.BinDir, name)
+		if _, err := os.Stat(path); err != nil {
+			cfg.Log.Warn("chained plugin not installed; leaving it out of the weft network config (hostPort will not work until it is installed and install-cni runs again)",
+				"plugin", name, "bin-dir", cfg.BinDir)
+			continue
+		}
+		chain = append(chain, name)
+		if ok, err := supports(ctx, path, conflistNewVersion); !ok {
+			cfg.Log.Warn("chained plugin lacks CNI "+conflistNewVersion+"; the network config offers "+conflistBaseVersion+" only (no STATUS or GC)",
+				"plugin", name, "err", err)
+			versions = []string{conflistBaseVersion}
+		}
+	}
+	data, err = renderConflist(cfg, versions, chain)
+	return data, versions, chain, err
 }
 
 func (c InstallConfig) withDefaults() InstallConfig {

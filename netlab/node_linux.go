@@ -32,6 +32,7 @@ type Node struct {
 	mu         sync.Mutex
 	daemon     *Process
 	daemonArgs []string
+	conflist   []byte // NetConfList, rendered once
 }
 
 // StateDir is the daemon's --state-dir.

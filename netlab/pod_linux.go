@@ -21,23 +21,28 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/cniplugin"
 )
 
-// NetConfList is the node's default CNI configuration: weft's plugin with
-// the node's daemon socket, chained with portmap, as `weft install-cni`
-// writes it.
+// NetConfList is the node's default CNI configuration: exactly what
+// `weft install-cni` writes for this node (weft's plugin with the node's
+// daemon socket, chained with portmap, and the CNI versions every plugin of
+// the chain supports).
 func (n *Node) NetConfList() []byte {
-	conf := map[string]any{
-		"cniVersion":  "1.0.0",
-		"cniVersions": []string{"1.0.0", "1.1.0"},
-		"name":        "weft",
-		"plugins": []any{
-			map[string]any{"type": "weft-cni", "socket": n.SocketPath()},
-			map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}},
-		},
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.conflist == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		data, err := cniplugin.Conflist(ctx, cniplugin.InstallConfig{BinDir: n.lab.cniBinDir, Socket: n.SocketPath()})
+		if err != nil {
+			// AddPod reports the broken config when libcni parses it.
+			return []byte(err.Error())
+		}
+		n.conflist = data
 	}
-	b, _ := json.Marshal(conf)
-	return b
+	return n.conflist
 }
 
 // CNIExec runs CNI plugins inside the node (its netns and its own /run),
