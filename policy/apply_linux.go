@@ -1,9 +1,11 @@
 package policy
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -24,11 +26,17 @@ type Applier struct {
 
 	mu      sync.Mutex // guards the fields below and the kernel writes
 	desired *nftState
+	// written is what the kernel held after our last write or read; nil:
+	// unknown. Apply diffs against it without reading the kernel; Sync
+	// reads the kernel.
+	written *kernelState
 	writes  uint64
 }
 
-// elemsPerMessage bounds the elements of one netlink message of a batch.
-const elemsPerMessage = 4096
+// elemsPerMessage bounds the elements of one netlink message of a batch:
+// the element list is one attribute, whose length has 16 bits, and an IPv6
+// allow element takes about 100 bytes.
+const elemsPerMessage = 512
 
 // NewApplier returns an applier; it touches the kernel only when called.
 func NewApplier(cfg Config) *Applier {
@@ -38,8 +46,12 @@ func NewApplier(cfg Config) *Applier {
 
 func (a *Applier) conn() (*nftables.Conn, error) {
 	opts := []nftables.ConnOption{nftables.WithSockOptions(func(c *netlink.Conn) error {
-		// A big rule set is one big batch: let the kernel take it at once.
-		return c.SetWriteBuffer(64 << 20)
+		// A big rule set is one big batch: let the kernel take it at once,
+		// and keep room for one acknowledgement per message.
+		if err := c.SetWriteBuffer(64 << 20); err != nil {
+			return err
+		}
+		return c.SetReadBuffer(16 << 20)
 	})}
 	if a.cfg.NetNS != 0 {
 		opts = append(opts, nftables.WithNetNSFd(a.cfg.NetNS))
@@ -55,20 +67,39 @@ func (a *Applier) table() *nftables.Table {
 	return &nftables.Table{Name: a.cfg.Table, Family: nftables.TableFamilyINet}
 }
 
-// Apply makes the kernel hold exactly rs. When it already does, nothing is
-// written (so Apply is cheap to repeat); otherwise all policy chains, sets
-// and maps are rewritten in one atomic batch, so packets see either the old
-// rules or the new ones, never a mix.
+// Apply makes the kernel hold exactly rs, in one atomic batch, so packets
+// see either the old rules or the new ones, never a mix. It diffs against
+// what it wrote last (reading the kernel only when it does not know or when
+// the write fails), so repeating it with an unchanged rule set costs no
+// system call; only what changed in the sets is written, while the chains
+// are rewritten. Call Sync periodically to repair drift.
 func (a *Applier) Apply(rs RuleSet) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.desired = render(rs, a.cfg)
-	return a.sync()
+	if a.written == nil {
+		return a.sync()
+	}
+	diff := a.written.diff(a.desired)
+	if diff == "" {
+		return nil
+	}
+	c, err := a.conn()
+	if err != nil {
+		return err
+	}
+	if err := a.writeLogged(c, a.written, diff); err != nil {
+		// The kernel is not what we wrote: read it and try again.
+		a.log.Warn("network policy rules changed behind weft's back; resyncing", "err", err)
+		a.written = nil
+		return a.sync()
+	}
+	return nil
 }
 
-// Sync compares the kernel with the last applied RuleSet and repairs any
-// drift (a deleted chain, a changed set). Before the first Apply it does
-// nothing.
+// Sync reads the kernel, compares it with the last applied RuleSet and
+// repairs any drift (a deleted chain, a changed set). Before the first Apply
+// it does nothing.
 func (a *Applier) Sync() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -96,14 +127,24 @@ func (a *Applier) sync() error {
 	}
 	diff := have.diff(a.desired)
 	if diff == "" {
+		a.written = have
 		return nil
 	}
+	if err := a.writeLogged(c, have, diff); err != nil {
+		a.written = nil
+		return err
+	}
+	return nil
+}
+
+func (a *Applier) writeLogged(c *nftables.Conn, have *kernelState, diff string) error {
 	a.log.Info("writing network policy rules", "reason", diff,
 		"chains", len(a.desired.chains), "counters", len(a.desired.counters))
 	if err := a.write(c, have, a.desired); err != nil {
 		return fmt.Errorf("write nftables policy rules (%s): %w", diff, err)
 	}
 	a.writes++
+	a.written = a.desired.asKernel()
 	return nil
 }
 
@@ -113,13 +154,13 @@ type kernelState struct {
 	chains      map[string]*nftables.Chain
 	rules       map[string][]string // chain -> rule comments
 	sets        map[string]*nftables.Set
-	elems       map[string][]string // set -> canonical elements, sorted
+	elems       map[string]map[string]nftables.SetElement // set -> canonical element -> element
 	counters    map[string]bool
 }
 
 func (a *Applier) read(c *nftables.Conn) (*kernelState, error) {
 	ks := &kernelState{chains: map[string]*nftables.Chain{}, rules: map[string][]string{},
-		sets: map[string]*nftables.Set{}, elems: map[string][]string{}, counters: map[string]bool{}}
+		sets: map[string]*nftables.Set{}, elems: map[string]map[string]nftables.SetElement{}, counters: map[string]bool{}}
 	t := a.table()
 	if _, err := c.ListTableOfFamily(t.Name, t.Family); err != nil {
 		if errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "no such file") {
@@ -175,26 +216,73 @@ func (a *Applier) read(c *nftables.Conn) (*kernelState, error) {
 	return ks, nil
 }
 
-// canonicalElems renders set elements comparably: key, key end and, for
-// verdict maps, the target chain. fromKernel says the verdicts are still
-// netlink attributes.
-func canonicalElems(elems []nftables.SetElement, fromKernel bool) []string {
-	out := make([]string, 0, len(elems))
-	for _, e := range elems {
-		if e.IntervalEnd {
-			continue
+// asKernel is the kernel state after st was written.
+func (st *nftState) asKernel() *kernelState {
+	ks := &kernelState{tableExists: true, chains: map[string]*nftables.Chain{}, rules: map[string][]string{},
+		sets: map[string]*nftables.Set{}, elems: map[string]map[string]nftables.SetElement{}, counters: map[string]bool{}}
+	accept := nftables.ChainPolicyAccept
+	for _, c := range st.chains {
+		ch := &nftables.Chain{Name: c.name}
+		if c.hook != nil {
+			ch.Hooknum, ch.Priority, ch.Policy = c.hook, nftables.ChainPriorityFilter, &accept
 		}
-		s := fmt.Sprintf("%x/%x", e.Key, e.KeyEnd)
-		switch {
-		case e.VerdictData != nil:
-			s += "->" + e.VerdictData.Chain
-		case fromKernel && len(e.Val) > 0:
-			s += "->" + verdictChain(e.Val)
-		}
-		out = append(out, s)
+		ks.chains[c.name] = ch
+		ks.rules[c.name] = c.comments()
 	}
-	slices.Sort(out)
+	for _, s := range st.sets {
+		ks.sets[s.set.Name] = &s.set
+		ks.elems[s.set.Name] = s.canonical()
+	}
+	for _, name := range st.counters {
+		ks.counters[name] = true
+	}
+	return ks
+}
+
+// comments returns the comments of the chain's rules, as the kernel holds
+// them.
+func (c *nftChain) comments() []string {
+	out := make([]string, len(c.rules))
+	for i, r := range c.rules {
+		out[i], _ = userdata.GetString(comment(r.text), userdata.TypeComment)
+	}
 	return out
+}
+
+// canonical indexes the set's elements, computed once.
+func (s *nftSet) canonical() map[string]nftables.SetElement {
+	if s.byKey == nil {
+		s.byKey = canonicalElems(s.elems, false)
+	}
+	return s.byKey
+}
+
+// canonicalElems indexes set elements by a comparable form: key, key end
+// and, for verdict maps, the target chain. fromKernel says the verdicts are
+// still netlink attributes.
+func canonicalElems(elems []nftables.SetElement, fromKernel bool) map[string]nftables.SetElement {
+	out := make(map[string]nftables.SetElement, len(elems))
+	for _, e := range elems {
+		if !e.IntervalEnd {
+			out[elemKey(e, fromKernel)] = e
+		}
+	}
+	return out
+}
+
+func elemKey(e nftables.SetElement, fromKernel bool) string {
+	var b strings.Builder
+	b.Grow(2*len(e.Key) + 2*len(e.KeyEnd) + 24)
+	b.WriteString(hex.EncodeToString(e.Key))
+	b.WriteByte('/')
+	b.WriteString(hex.EncodeToString(e.KeyEnd))
+	switch {
+	case e.VerdictData != nil:
+		b.WriteString("->" + e.VerdictData.Chain)
+	case fromKernel && len(e.Val) > 0:
+		b.WriteString("->" + verdictChain(e.Val))
+	}
+	return b.String()
 }
 
 // verdictChain decodes the chain of a jump verdict (NFTA_VERDICT_CHAIN).
@@ -230,12 +318,7 @@ func (ks *kernelState) diff(want *nftState) string {
 			*have.Priority != 0 || have.Policy == nil || *have.Policy != nftables.ChainPolicyAccept) {
 			d = append(d, "chain "+c.name+" hook changed")
 		}
-		var texts []string
-		for _, r := range c.rules {
-			s, _ := userdata.GetString(comment(r.text), userdata.TypeComment)
-			texts = append(texts, s)
-		}
-		if !slices.Equal(texts, ks.rules[c.name]) {
+		if !slices.Equal(c.comments(), ks.rules[c.name]) {
 			d = append(d, "rules of "+c.name+" changed")
 		}
 	}
@@ -251,7 +334,7 @@ func (ks *kernelState) diff(want *nftState) string {
 			d = append(d, "set "+s.set.Name+" missing")
 			continue
 		}
-		if !slices.Equal(canonicalElems(s.elems, false), ks.elems[s.set.Name]) {
+		if !sameKeys(s.canonical(), ks.elems[s.set.Name]) {
 			d = append(d, "elements of "+s.set.Name+" changed")
 		}
 	}
@@ -277,17 +360,64 @@ func (ks *kernelState) diff(want *nftState) string {
 	return strings.Join(d, ", ")
 }
 
-// write replaces everything of ours with want, in one batch: flush what
-// exists, delete what is stale, create what is missing, fill.
+// write replaces everything of ours with want, in one batch.
 func (a *Applier) write(c *nftables.Conn, have *kernelState, want *nftState) error {
-	t := a.table()
+	if err := buildBatch(c, a.table(), have, want); err != nil {
+		return err
+	}
+	return c.Flush()
+}
+
+// buildBatch queues the messages that turn have into want. Set elements
+// are updated incrementally (deleting and re-adding tens of thousands of
+// interval elements in one transaction is slow in the kernel); chains are
+// flushed and refilled. Order matters: elements that jump to stale chains go
+// before those chains, new chains come before the elements that jump to
+// them.
+func buildBatch(c *nftables.Conn, t *nftables.Table, have *kernelState, want *nftState) error {
 	c.AddTable(t)
-	// Detach: empty every chain and set of ours, dropping all references.
+	ids := map[string]uint32{}
+	sets := make([]*nftables.Set, len(want.sets))
+	adds := make([][]nftables.SetElement, len(want.sets))
+	for i, s := range want.sets {
+		set := s.set
+		set.Table = t
+		sets[i] = &set
+		wantElems := s.canonical()
+		haveElems, exists := have.elems[s.set.Name]
+		if !exists {
+			if _, ok := have.sets[s.set.Name]; ok {
+				haveElems, exists = map[string]nftables.SetElement{}, true
+			}
+		}
+		if !exists {
+			if err := c.AddSet(&set, nil); err != nil {
+				return fmt.Errorf("add set %s: %w", set.Name, err)
+			}
+			ids[set.Name] = set.ID
+			adds[i] = s.elems
+			continue
+		}
+		var dels []nftables.SetElement
+		for _, k := range slices.Sorted(maps.Keys(haveElems)) {
+			if _, ok := wantElems[k]; !ok {
+				e := haveElems[k]
+				dels = append(dels, nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd})
+			}
+		}
+		for chunk := range slices.Chunk(dels, elemsPerMessage) {
+			if err := c.SetDeleteElements(&set, chunk); err != nil {
+				return fmt.Errorf("delete elements of set %s: %w", set.Name, err)
+			}
+		}
+		for _, e := range s.elems {
+			if _, ok := haveElems[elemKey(e, false)]; !ok {
+				adds[i] = append(adds[i], e)
+			}
+		}
+	}
 	for _, ch := range have.chains {
 		c.FlushChain(&nftables.Chain{Name: ch.Name, Table: t})
-	}
-	for _, s := range have.sets {
-		c.FlushSet(&nftables.Set{Name: s.Name, Table: t})
 	}
 	wantChains := map[string]bool{}
 	for _, ch := range want.chains {
@@ -298,12 +428,12 @@ func (a *Applier) write(c *nftables.Conn, have *kernelState, want *nftState) err
 			c.DelChain(&nftables.Chain{Name: name, Table: t})
 		}
 	}
-	wantSets := map[string]*nftSet{}
+	wantSets := map[string]bool{}
 	for _, s := range want.sets {
-		wantSets[s.set.Name] = s
+		wantSets[s.set.Name] = true
 	}
 	for name := range have.sets {
-		if wantSets[name] == nil {
+		if !wantSets[name] {
 			c.DelSet(&nftables.Set{Name: name, Table: t})
 		}
 	}
@@ -312,19 +442,7 @@ func (a *Applier) write(c *nftables.Conn, have *kernelState, want *nftState) err
 			c.DeleteObject(&nftables.CounterObj{Table: t, Name: name})
 		}
 	}
-
-	// Create and fill. Counters that exist keep their values.
-	ids := map[string]uint32{}
-	sets := make([]*nftables.Set, len(want.sets))
-	for i, s := range want.sets {
-		set := s.set
-		set.Table = t
-		if err := c.AddSet(&set, nil); err != nil {
-			return fmt.Errorf("add set %s: %w", set.Name, err)
-		}
-		ids[set.Name] = set.ID
-		sets[i] = &set
-	}
+	// Counters that exist keep their values.
 	for _, name := range want.counters {
 		if !have.counters[name] {
 			c.AddObj(&nftables.CounterObj{Table: t, Name: name})
@@ -348,9 +466,8 @@ func (a *Applier) write(c *nftables.Conn, have *kernelState, want *nftState) err
 			chains[ch.name] = c.AddChain(nc)
 		}
 	}
-	// Elements after the chains: verdict maps jump to the drop chains.
 	for i, s := range want.sets {
-		for chunk := range slices.Chunk(s.elems, elemsPerMessage) {
+		for chunk := range slices.Chunk(adds[i], elemsPerMessage) {
 			if err := c.SetAddElements(sets[i], chunk); err != nil {
 				return fmt.Errorf("add elements to set %s: %w", s.set.Name, err)
 			}
@@ -366,7 +483,19 @@ func (a *Applier) write(c *nftables.Conn, have *kernelState, want *nftState) err
 			}
 		}
 	}
-	return c.Flush()
+	return nil
+}
+
+func sameKeys(a, b map[string]nftables.SetElement) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // withSetIDs fills the set IDs of lookups, for sets created in the same
@@ -388,7 +517,7 @@ func withSetIDs(exprs []expr.Any, ids map[string]uint32) []expr.Any {
 func (a *Applier) Remove() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.desired = nil
+	a.desired, a.written = nil, nil
 	c, err := a.conn()
 	if err != nil {
 		return err
@@ -404,19 +533,17 @@ func (a *Applier) Remove() error {
 	for _, ch := range have.chains {
 		c.FlushChain(&nftables.Chain{Name: ch.Name, Table: t})
 	}
+	// Sets go before the chains their verdict maps jump to; base chains go
+	// before the chains they jump to.
 	for _, s := range have.sets {
-		c.FlushSet(&nftables.Set{Name: s.Name, Table: t})
+		c.DelSet(&nftables.Set{Name: s.Name, Table: t})
 	}
-	// Base chains first: they jump to the others.
 	for _, base := range []bool{true, false} {
 		for _, ch := range have.chains {
 			if (ch.Hooknum != nil) == base {
 				c.DelChain(&nftables.Chain{Name: ch.Name, Table: t})
 			}
 		}
-	}
-	for _, s := range have.sets {
-		c.DelSet(&nftables.Set{Name: s.Name, Table: t})
 	}
 	for name := range have.counters {
 		c.DeleteObject(&nftables.CounterObj{Table: t, Name: name})

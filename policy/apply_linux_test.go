@@ -14,7 +14,7 @@ import (
 )
 
 // throwawayNetns gives a test a new network namespace, removed at the end.
-func throwawayNetns(t *testing.T) ns.NetNS {
+func throwawayNetns(t testing.TB) ns.NetNS {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces and nftables rules")
@@ -135,6 +135,18 @@ func TestApplierInNetns(t *testing.T) {
 	if err != nil || len(drops) != 2 || drops[0].Name != "a" {
 		t.Errorf("drops = %+v, %v; want the counters of x/a", drops, err)
 	}
+
+	// Someone deletes the whole table; the next Apply with a change finds
+	// its diff does not fit the kernel, reads it and rewrites everything.
+	c.DelTable(tbl)
+	if err := c.Flush(); err != nil {
+		t.Fatalf("delete table: %v", err)
+	}
+	if err := a.Apply(rs); err != nil {
+		t.Fatalf("apply after the table was deleted: %v", err)
+	}
+	checkInKernel(t, a, rs)
+	addForeignChain(t, n)
 
 	if err := a.Remove(); err != nil {
 		t.Fatalf("remove: %v", err)

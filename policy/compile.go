@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -58,7 +59,10 @@ func (p *podInfo) namedPort(name string, proto Proto) []uint16 {
 
 type compiler struct {
 	nsLabels map[string]labels.Set
-	nsNames  []string // sorted: every namespace of the input or of a pod
+	nsNames  []string           // sorted: every namespace of the input or of a pod
+	egress   map[string][]Grant // policy -> its egress grants (the same for every pod it selects)
+	peerSets map[string]peerSet // identical peer lists are computed once
+	named    map[namedKey][]podPort
 	pods     []*podInfo
 	byNS     map[string][]*podInfo
 	warnings []string
@@ -80,13 +84,30 @@ func Compile(in Input) RuleSet {
 	for _, pol := range sortedPolicies(in.Policies) {
 		c.compilePolicy(pol, local)
 	}
+	// Egress depends only on the selecting policies: pods selected by the
+	// same ones share their merged entries.
+	type merged struct {
+		grants []Grant
+		allow  []Entry
+	}
+	egressCache := map[string]merged{}
 	for _, p := range order {
 		r := local[p]
-		for _, d := range []*DirRules{&r.Ingress, &r.Egress} {
-			slices.Sort(d.Policies)
-			d.Grants = dedupGrants(d.Grants)
-			d.Allow = mergeGrants(d.Grants, p.ips)
+		slices.Sort(r.Ingress.Policies)
+		r.Ingress.Grants = dedupGrants(r.Ingress.Grants)
+		r.Ingress.Allow = mergeGrants(r.Ingress.Grants, p.ips)
+		slices.Sort(r.Egress.Policies)
+		key := fmt.Sprint(r.Egress.Policies, addrFamilies(p.ips))
+		m, ok := egressCache[key]
+		if !ok {
+			for _, pol := range r.Egress.Policies {
+				m.grants = append(m.grants, c.egress[pol]...)
+			}
+			m.grants = dedupGrants(m.grants)
+			m.allow = mergeGrants(m.grants, p.ips)
+			egressCache[key] = m
 		}
+		r.Egress.Grants, r.Egress.Allow = m.grants, m.allow
 		rs.Pods = append(rs.Pods, *r)
 	}
 	slices.SortFunc(rs.Pods, func(a, b PodRules) int { return strings.Compare(a.Key(), b.Key()) })
@@ -96,7 +117,8 @@ func Compile(in Input) RuleSet {
 }
 
 func newCompiler(in Input) *compiler {
-	c := &compiler{nsLabels: map[string]labels.Set{}, byNS: map[string][]*podInfo{}}
+	c := &compiler{nsLabels: map[string]labels.Set{}, byNS: map[string][]*podInfo{}, egress: map[string][]Grant{},
+		peerSets: map[string]peerSet{}}
 	for _, ns := range in.Namespaces {
 		if ns == nil {
 			continue
@@ -240,10 +262,9 @@ func (c *compiler) compilePolicy(pol *networkingv1.NetworkPolicy, local map[*pod
 			grants = c.egressGrants(grants, key, rules[i], r.Ports)
 		}
 		for _, t := range targets {
-			d := &local[t].Egress
-			d.Policies = append(d.Policies, key)
-			d.Grants = append(d.Grants, grants...)
+			local[t].Egress.Policies = append(local[t].Egress.Policies, key)
 		}
+		c.egress[key] = grants
 	}
 }
 
@@ -261,10 +282,30 @@ var (
 		255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255})}
 )
 
+// peers returns the peers of one rule; many policies repeat the same peers,
+// so results are cached by their text (and the namespace, when a peer
+// selects pods of the policy's own namespace).
 func (c *compiler) peers(polKey, polNS string, peers []networkingv1.NetworkPolicyPeer) peerSet {
 	if len(peers) == 0 {
 		return peerSet{all: true, ranges: []AddrRange{allV4, allV6}}
 	}
+	var key strings.Builder
+	for _, p := range peers {
+		if p.PodSelector != nil && p.NamespaceSelector == nil {
+			key.WriteString(polNS)
+		}
+		key.WriteString(p.String())
+		key.WriteByte(0)
+	}
+	if ps, ok := c.peerSets[key.String()]; ok {
+		return ps
+	}
+	ps := c.computePeers(polKey, polNS, peers)
+	c.peerSets[key.String()] = ps
+	return ps
+}
+
+func (c *compiler) computePeers(polKey, polNS string, peers []networkingv1.NetworkPolicyPeer) peerSet {
 	ps := peerSet{pods: map[*podInfo]bool{}}
 	for _, peer := range peers {
 		switch {
@@ -289,6 +330,7 @@ func (c *compiler) peers(polKey, polNS string, peers []networkingv1.NetworkPolic
 			c.warnf("policy %s: a peer has neither selectors nor ipBlock; it matches nothing", polKey)
 		}
 	}
+	ps.ranges = coalesce(ps.ranges)
 	return ps
 }
 
@@ -428,22 +470,52 @@ func (c *compiler) egressGrants(out []Grant, polKey string, peers peerSet, ports
 			continue
 		}
 		// A named port resolves on each destination pod the peers admit.
-		for _, dst := range c.pods {
-			nums := dst.namedPort(ps.name, ps.proto)
-			if len(nums) == 0 {
-				continue
+		byPort := map[uint16][]AddrRange{}
+		for _, pp := range c.podsWithPort(ps.name, ps.proto) {
+			for _, a := range pp.pod.ips {
+				if peers.all || peers.pods[pp.pod] || inRanges(peers.blocks, a) {
+					byPort[pp.port] = append(byPort[pp.port], AddrRange{a, a})
+				}
 			}
-			for _, a := range dst.ips {
-				if !peers.all && !peers.pods[dst] && !inRanges(peers.blocks, a) {
-					continue
-				}
-				for _, n := range nums {
-					out = append(out, Grant{polKey, Entry{Peer: AddrRange{a, a}, Proto: ps.proto, Ports: PortRange{n, n}}})
-				}
+		}
+		for _, n := range slices.Sorted(maps.Keys(byPort)) {
+			for _, r := range coalesce(byPort[n]) {
+				out = append(out, Grant{polKey, Entry{Peer: r, Proto: ps.proto, Ports: PortRange{n, n}}})
 			}
 		}
 	}
 	return out
+}
+
+type namedKey struct {
+	name  string
+	proto Proto
+}
+
+type podPort struct {
+	pod  *podInfo
+	port uint16
+}
+
+// podsWithPort returns the pods that name a port name for proto, with its
+// numbers; the index is built on first use.
+func (c *compiler) podsWithPort(name string, proto Proto) []podPort {
+	if c.named == nil {
+		c.named = map[namedKey][]podPort{}
+		for _, p := range c.pods {
+			for _, cs := range [][]corev1.Container{p.pod.Spec.Containers, p.pod.Spec.InitContainers} {
+				for _, ct := range cs {
+					for _, cp := range ct.Ports {
+						if cp.Name != "" && cp.ContainerPort > 0 && cp.ContainerPort < 65536 {
+							k := namedKey{cp.Name, protoOf(cp.Protocol)}
+							c.named[k] = append(c.named[k], podPort{p, uint16(cp.ContainerPort)})
+						}
+					}
+				}
+			}
+		}
+	}
+	return c.named[namedKey{name, proto}]
 }
 
 func inRanges(rs []AddrRange, a netip.Addr) bool {

@@ -36,6 +36,39 @@ func subtractRange(rs []AddrRange, x AddrRange) []AddrRange {
 	return out
 }
 
+// coalesce returns the union of rs as sorted, disjoint, non-adjacent ranges.
+func coalesce(rs []AddrRange) []AddrRange {
+	if len(rs) < 2 {
+		return rs
+	}
+	rs = slices.Clone(rs)
+	slices.SortFunc(rs, func(a, b AddrRange) int { return cmp.Or(a.From.Compare(b.From), a.To.Compare(b.To)) })
+	out := rs[:1]
+	for _, r := range rs[1:] {
+		last := &out[len(out)-1]
+		if r.From.BitLen() == last.From.BitLen() && (r.From.Compare(last.To) <= 0 || last.To.Next() == r.From) {
+			if last.To.Less(r.To) {
+				last.To = r.To
+			}
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// addrFamilies returns the address families (32, 128) of addrs, as a key.
+func addrFamilies(addrs []netip.Addr) []int {
+	var out []int
+	for _, a := range addrs {
+		if !slices.Contains(out, a.BitLen()) {
+			out = append(out, a.BitLen())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 func compareEntry(a, b Entry) int {
 	return cmp.Or(
 		a.Peer.From.Compare(b.Peer.From),

@@ -62,7 +62,8 @@ type nftChain struct {
 type nftSet struct {
 	set   nftables.Set // Table and ID are filled in when applied
 	elems []nftables.SetElement
-	text  []string // one line per element, sorted
+	text  []func() string                // describes each element, for Text
+	byKey map[string]nftables.SetElement // see canonical
 }
 
 type dropTarget struct {
@@ -157,9 +158,6 @@ func render(rs RuleSet, cfg Config) *nftState {
 		}
 	}
 	slices.Sort(st.counters)
-	for _, s := range st.sets {
-		slices.Sort(s.text)
-	}
 	return st
 }
 
@@ -187,7 +185,7 @@ func addrSet(name string, f family) *nftSet {
 
 func (s *nftSet) add(key []byte, text string) {
 	s.elems = append(s.elems, nftables.SetElement{Key: key})
-	s.text = append(s.text, text)
+	s.text = append(s.text, func() string { return text })
 }
 
 func dropMap(dir Direction, f family) *nftSet {
@@ -203,7 +201,7 @@ func (s *nftSet) addVerdict(ip netip.Addr, chain string) {
 		Key:         ip.AsSlice(),
 		VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: chain},
 	})
-	s.text = append(s.text, ip.String()+" : jump "+chain)
+	s.text = append(s.text, func() string { return ip.String() + " : jump " + chain })
 }
 
 func allowSet(dir Direction, f family) *nftSet {
@@ -226,11 +224,13 @@ func (s *nftSet) addEntry(pod netip.Addr, e Entry) {
 	key := concatKey(pod, e.Peer.From, protoFrom, ports.From)
 	end := concatKey(pod, e.Peer.To, protoTo, ports.To)
 	s.elems = append(s.elems, nftables.SetElement{Key: key, KeyEnd: end})
-	proto := fmt.Sprint(protoFrom)
-	if protoFrom != protoTo {
-		proto = fmt.Sprintf("%d-%d", protoFrom, protoTo)
-	}
-	s.text = append(s.text, fmt.Sprintf("%s . %s . %s . %s", pod, e.Peer, proto, ports))
+	s.text = append(s.text, func() string {
+		proto := fmt.Sprint(protoFrom)
+		if protoFrom != protoTo {
+			proto = fmt.Sprintf("%d-%d", protoFrom, protoTo)
+		}
+		return fmt.Sprintf("%s . %s . %s . %s", pod, e.Peer, proto, ports)
+	})
 }
 
 // concatKey encodes a concatenation; every field is padded to 4 bytes.
@@ -345,8 +345,13 @@ func (st *nftState) Text() string {
 			kind = "map"
 		}
 		fmt.Fprintf(&b, "%s %s {\n", kind, s.set.Name)
-		for _, e := range s.text {
-			fmt.Fprintf(&b, "\t%s\n", e)
+		lines := make([]string, len(s.text))
+		for i, f := range s.text {
+			lines[i] = f()
+		}
+		slices.Sort(lines)
+		for _, l := range lines {
+			fmt.Fprintf(&b, "\t%s\n", l)
 		}
 		b.WriteString("}\n")
 	}
