@@ -95,8 +95,8 @@ func TestUnreadableMetaIgnored(t *testing.T) {
 	setRawMeta(t, n3, []byte{ProtoVersion + 1, 0xde, 0xad})
 	n3.run(t)
 	waitFor(t, converge, "n1 to know n3 in memberlist", func() bool {
-		n1.mu.Lock()
-		defer n1.mu.Unlock()
+		n1.Mesh.mu.Lock()
+		defer n1.Mesh.mu.Unlock()
 		_, ok := n1.Mesh.alive["n3"]
 		return ok
 	})
