@@ -17,7 +17,7 @@ KUBE_VERSION := $(shell awk '$$1 == "require" && $$2 == "k8s.io/kubernetes" {pri
 KUBE_VERSION_X = gitVersion=$(KUBE_VERSION) gitMajor=$(word 1,$(subst ., ,$(KUBE_VERSION:v%=%))) gitMinor=$(word 2,$(subst ., ,$(KUBE_VERSION))) gitTreeState=clean
 KUBE_LDFLAGS = -s -w $(foreach pkg,k8s.io/component-base/version k8s.io/client-go/pkg/version,$(foreach kv,$(KUBE_VERSION_X),-X $(pkg).$(kv)))
 TESTFLAGS ?=
-STATICCHECK_VERSION := 2025.1.1
+STATICCHECK_VERSION := v0.6.1
 
 export WEFT_BINARY := $(CURDIR)/$(BIN)/weft
 export WEFT_KUBE_APISERVER := $(CURDIR)/$(KUBE_APISERVER)

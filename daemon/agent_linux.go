@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weftnet/weft/cniplugin"
 	"github.com/weftnet/weft/crypto"
 	"github.com/weftnet/weft/ipalloc"
 	"github.com/weftnet/weft/mesh"
@@ -82,6 +83,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		g.Go(func() error { return a.serveHealth(gctx) })
 	}
 	g.Go(func() error { return a.claimTunnelAddr(gctx) })
+	g.Go(func() error { return a.sweepLoop(gctx) })
 	g.Go(func() error { return a.reconcileLoop(gctx) })
 	g.Go(func() error {
 		select {
@@ -173,6 +175,15 @@ func (a *agent) setup() error {
 		return err
 	}
 	bridge.m = a.mesh
+	if cfg.InstallCNI {
+		res, err := cniplugin.Install(context.Background(), cniplugin.InstallConfig{
+			BinDir: cfg.CNIBinDir, ConfDir: cfg.CNIConfDir, Socket: cfg.SocketPath(), Log: a.log,
+		})
+		if err != nil {
+			return fmt.Errorf("install the CNI plugin: %w", err)
+		}
+		a.log.Info("CNI plugin installed", "binary", res.Binary, "conflist", res.Conflist, "cni-versions", res.CNIVersions)
+	}
 	a.log.Info("weft daemon starting", "node", cfg.NodeName, "underlay", u.Addr, "iface", u.Iface,
 		"endpoint", a.endpoint, "wg-mode", a.tun.Mode(), "mtu", a.mtu, "public-key", a.key.PublicKey().String())
 	return nil

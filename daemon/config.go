@@ -31,6 +31,10 @@ type Config struct {
 	MTU               int           // --mtu; 0 = underlay MTU - 80
 	ResyncInterval    time.Duration // periodic full reconcile
 	ReapTime          time.Duration // how long a dead peer keeps its tunnel
+	InstallCNI        bool          // --install-cni: install weft-cni and the conflist at start
+	CNIBinDir         string        // --cni-bin-dir; default /opt/cni/bin
+	CNIConfDir        string        // --cni-conf-dir; default /etc/cni/net.d
+	SweepInterval     time.Duration // how often allocations of vanished pods are looked for
 }
 
 // Defaults of the documented flags.
@@ -58,6 +62,9 @@ func DefaultConfig() Config {
 		MetricsAddr:    DefaultMetricsAddr,
 		ResyncInterval: 30 * time.Second,
 		ReapTime:       5 * time.Minute,
+		CNIBinDir:      "/opt/cni/bin",
+		CNIConfDir:     "/etc/cni/net.d",
+		SweepInterval:  10 * time.Second,
 	}
 }
 
