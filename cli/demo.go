@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,8 +52,10 @@ type demo struct {
 	wait    time.Duration
 	verbose bool
 
-	lab   *netlab.Lab
-	nodes []*netlab.Node
+	lab    *netlab.Lab
+	nodes  []*netlab.Node
+	tunnel map[string]netip.Addr // node name -> tunnel address
+	pods   []*netlab.Pod
 }
 
 type demoStep struct {
@@ -66,6 +69,11 @@ func (d *demo) steps() []demoStep {
 		{"Starting weft daemon on every node", d.startDaemons},
 		{"Waiting for the daemons", d.waitDaemons},
 		{"Nodes", d.printNodes},
+		{"Gossip and WireGuard: every node meshed", d.waitMesh},
+		{"The peer table of every node (weft status peers)", d.printMesh},
+		{"Ping between the nodes' tunnel addresses", d.pingNodes},
+		{"Two pods on every node, through the weft CNI plugin", d.addPods},
+		{"Ping matrix between all pods, while capturing on the underlay", d.pingPods},
 	}
 }
 

@@ -4,11 +4,43 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/weftnet/weft/daemon"
+	"github.com/weftnet/weft/ipalloc"
 )
 
-// printStatus renders a status answer for people. Until each section has its
-// own table, it prints the JSON indented.
-func printStatus(w io.Writer, _ string, raw json.RawMessage) error {
+// printStatus renders a status answer for people.
+func printStatus(w io.Writer, section string, raw json.RawMessage) error {
+	switch section {
+	case "peers":
+		var st daemon.PeersStatus
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return err
+		}
+		return printPeers(w, st)
+	case "ipam":
+		var st ipalloc.Status
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return err
+		}
+		return printIPAM(w, st)
+	case "":
+		var all struct {
+			Peers daemon.PeersStatus `json:"peers"`
+			IPAM  ipalloc.Status     `json:"ipam"`
+		}
+		if err := json.Unmarshal(raw, &all); err != nil {
+			return err
+		}
+		if err := printPeers(w, all.Peers); err != nil {
+			return err
+		}
+		fmt.Fprintln(w)
+		return printIPAM(w, all.IPAM)
+	}
 	var v any
 	if err := json.Unmarshal(raw, &v); err != nil {
 		return err
@@ -19,4 +51,83 @@ func printStatus(w io.Writer, _ string, raw json.RawMessage) error {
 	}
 	_, err = fmt.Fprintln(w, string(b))
 	return err
+}
+
+func printPeers(w io.Writer, st daemon.PeersStatus) error {
+	ready := "ready"
+	if !st.Ready {
+		ready = "NOT READY: " + st.Reason
+	}
+	fmt.Fprintf(w, "node %s  %s  tunnel %s (%s, %s, mtu %d)  endpoint %s  key %s…\n",
+		st.Node, ready, orDash(st.TunnelAddr), st.Interface, st.WGMode, st.MTU, st.Endpoint, short(st.PublicKey))
+	fmt.Fprintf(w, "mesh: %d members, health score %d (0 is best)\n", st.Members, st.Health)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tSTATE\tPATH\tENDPOINT\tTUNNEL\tHANDSHAKE\tRX\tTX\tALLOWED IPS")
+	for _, p := range st.Peers {
+		path := p.Path
+		if p.Via != "" {
+			path += " via " + p.Via
+		}
+		hs := "never"
+		if p.LastHandshake != "" {
+			hs = (time.Duration(p.HandshakeAge) * time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(p.Name), p.State, path, orDash(p.Endpoint),
+			orDash(p.TunnelAddr), hs, bytesHuman(p.RxBytes), bytesHuman(p.TxBytes), strings.Join(p.AllowedIPs, ","))
+	}
+	return tw.Flush()
+}
+
+func printIPAM(w io.Writer, st ipalloc.Status) error {
+	ready := "ready"
+	if !st.Ready {
+		ready = "NOT READY: " + st.Reason
+	}
+	fmt.Fprintf(w, "pod range %s (%d addresses)  %s  allocations here: %d\n", st.Range, st.Size, ready, st.Allocations)
+	if st.RefusedGenesis != "" {
+		fmt.Fprintf(w, "REFUSED a ring with another genesis: %s\n", st.RefusedGenesis)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tREACHABLE\tSIZE\tUSED\tFREE\tRANGES")
+	for _, n := range st.Nodes {
+		rs := make([]string, len(n.Ranges))
+		for i, r := range n.Ranges {
+			rs[i] = r.String()
+		}
+		fmt.Fprintf(tw, "%s\t%v\t%d\t%d\t%d\t%s\n", n.Name, n.Reachable, n.Size, n.Used, n.Free, strings.Join(rs, ","))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if st.UnreachableAddresses > 0 {
+		fmt.Fprintf(w, "%d addresses (%.1f%% of the range) belong to unreachable nodes; `weft rmpeer NODE` reclaims a node that is gone for good\n",
+			st.UnreachableAddresses, 100*st.UnreachableShare)
+	}
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func short(key string) string {
+	if len(key) > 10 {
+		return key[:10]
+	}
+	return key
+}
+
+func bytesHuman(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1fG", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1fM", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1fK", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", n)
 }
