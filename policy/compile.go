@@ -75,9 +75,19 @@ func Compile(in Input) RuleSet {
 	rs := RuleSet{NodeAddrs: sortedAddrs(in.NodeAddrs)}
 	local := map[*podInfo]*PodRules{}
 	var order []*podInfo
-	for _, p := range c.pods {
-		if p.local {
-			local[p] = &PodRules{Namespace: p.pod.Namespace, Name: p.pod.Name, IPs: p.ips}
+	owner := map[netip.Addr]string{} // a local address belongs to one pod only
+	for _, p := range c.localPods() {
+		var ips []netip.Addr
+		for _, a := range p.ips {
+			if o, dup := owner[a]; dup {
+				c.warnf("pods %s and %s on this node both have address %s; it is %s's", o, p.key, a, o)
+				continue
+			}
+			owner[a] = p.key
+			ips = append(ips, a)
+		}
+		if len(ips) > 0 {
+			local[p] = &PodRules{Namespace: p.pod.Namespace, Name: p.pod.Name, IPs: ips}
 			order = append(order, p)
 		}
 	}
@@ -95,16 +105,16 @@ func Compile(in Input) RuleSet {
 		r := local[p]
 		slices.Sort(r.Ingress.Policies)
 		r.Ingress.Grants = dedupGrants(r.Ingress.Grants)
-		r.Ingress.Allow = mergeGrants(r.Ingress.Grants, p.ips)
+		r.Ingress.Allow = mergeGrants(r.Ingress.Grants, r.IPs)
 		slices.Sort(r.Egress.Policies)
-		key := fmt.Sprint(r.Egress.Policies, addrFamilies(p.ips))
+		key := fmt.Sprint(r.Egress.Policies, addrFamilies(r.IPs))
 		m, ok := egressCache[key]
 		if !ok {
 			for _, pol := range r.Egress.Policies {
 				m.grants = append(m.grants, c.egress[pol]...)
 			}
 			m.grants = dedupGrants(m.grants)
-			m.allow = mergeGrants(m.grants, p.ips)
+			m.allow = mergeGrants(m.grants, r.IPs)
 			egressCache[key] = m
 		}
 		r.Egress.Grants, r.Egress.Allow = m.grants, m.allow
@@ -156,6 +166,18 @@ func newCompiler(in Input) *compiler {
 	}
 	slices.Sort(c.nsNames)
 	return c
+}
+
+// localPods returns the pods of this node, sorted by namespace/name.
+func (c *compiler) localPods() []*podInfo {
+	var out []*podInfo
+	for _, p := range c.pods {
+		if p.local {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b *podInfo) int { return strings.Compare(a.key, b.key) })
+	return out
 }
 
 // podIPs returns the pod's valid addresses, sorted and unique.
@@ -233,7 +255,7 @@ func (c *compiler) compilePolicy(pol *networkingv1.NetworkPolicy, local map[*pod
 	sel := c.selector(key, "podSelector", &pol.Spec.PodSelector)
 	var targets []*podInfo
 	for _, p := range c.byNS[pol.Namespace] {
-		if p.local && sel.Matches(p.labels) {
+		if local[p] != nil && sel.Matches(p.labels) {
 			targets = append(targets, p)
 		}
 	}

@@ -201,14 +201,18 @@ func TestCompileTargets(t *testing.T) {
 		host, done,
 		mkPod("x", "pending", "", nil),
 		onNode(mkPod("x", "remote", "10.0.9.1", nil), "node-2"),
+		mkPod("x", "dup", xa, nil), // a stale pod with x/a's address
 	)
 	rs := Compile(in)
+	if len(rs.Warnings) != 1 || !strings.Contains(rs.Warnings[0], "x/a and x/dup") {
+		t.Errorf("warnings = %q, want one about the shared address", rs.Warnings)
+	}
 	var keys []string
 	for _, p := range rs.Pods {
 		keys = append(keys, p.Key())
 	}
 	if want := []string{"x/a", "x/b", "y/a", "y/b"}; !slices.Equal(keys, want) {
-		t.Errorf("local pods = %v, want %v (no hostNetwork, terminated, IP-less or remote pods)", keys, want)
+		t.Errorf("local pods = %v, want %v (no hostNetwork, terminated, IP-less, remote or duplicate pods)", keys, want)
 	}
 	// The remote pod is isolated on its own node, not here.
 	if ok, why := rs.Allows(tcp(outside, "10.0.9.1", 80)); !ok || why.Ingress.Kind != NotLocal {

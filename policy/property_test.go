@@ -194,43 +194,62 @@ func TestCompileMatchesReference(t *testing.T) {
 	if testing.Short() {
 		cases = 300
 	}
-	addrs := universeAddrs()
 	var allowed, denied int
 	for seed := range uint64(cases) {
-		r := rand.New(rand.NewPCG(seed, 7))
-		in := randInput(r)
-		rs := Compile(in)
-		if len(rs.Warnings) > 0 {
-			t.Fatalf("seed %d: warnings %v", seed, rs.Warnings)
-		}
-		checkRuleSet(t, seed, rs)
-		for _, src := range addrs {
-			for _, dst := range addrs {
-				for _, proto := range []Proto{ProtoTCP, ProtoUDP, ProtoSCTP} {
-					for _, port := range []uint16{80, 81, 82} {
-						pkt := Packet{Src: src, Dst: dst, Proto: proto, Port: port}
-						got, why := rs.Allows(pkt)
-						if got {
-							allowed++
-						} else {
-							denied++
-						}
-						if want := refAllows(in, pkt); got != want {
-							t.Fatalf("seed %d: %s: compiled %v (%s), reference %v\n%s", seed, pkt, got, why, want, describeInput(in))
-						}
-						if got && (why.Egress.Kind == AllowedByPolicy && len(why.Egress.Policies) == 0 ||
-							why.Ingress.Kind == AllowedByPolicy && len(why.Ingress.Policies) == 0) {
-							t.Fatalf("seed %d: %s allowed without a policy that grants it: %s", seed, pkt, why)
-						}
-					}
-				}
-			}
-		}
+		a, d := checkSeed(t, seed)
+		allowed += a
+		denied += d
 	}
 	t.Logf("%d cases: %d packets allowed, %d denied", cases, allowed, denied)
 	if denied < allowed/20 || allowed < denied/20 {
 		t.Errorf("the random universes are lopsided: %d allowed, %d denied", allowed, denied)
 	}
+}
+
+// FuzzCompileMatchesReference explores more seeds:
+// go test -fuzz FuzzCompileMatchesReference -fuzztime 30s ./policy
+func FuzzCompileMatchesReference(f *testing.F) {
+	for seed := range uint64(10) {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, seed uint64) { checkSeed(t, seed) })
+}
+
+// checkSeed compiles the universe of one seed and compares every packet
+// with the reference; it returns how many were allowed and denied.
+func checkSeed(t *testing.T, seed uint64) (allowed, denied int) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(seed, 7))
+	in := randInput(r)
+	rs := Compile(in)
+	if len(rs.Warnings) > 0 {
+		t.Fatalf("seed %d: warnings %v", seed, rs.Warnings)
+	}
+	checkRuleSet(t, seed, rs)
+	addrs := universeAddrs()
+	for _, src := range addrs {
+		for _, dst := range addrs {
+			for _, proto := range []Proto{ProtoTCP, ProtoUDP, ProtoSCTP} {
+				for _, port := range []uint16{80, 81, 82} {
+					pkt := Packet{Src: src, Dst: dst, Proto: proto, Port: port}
+					got, why := rs.Allows(pkt)
+					if got {
+						allowed++
+					} else {
+						denied++
+					}
+					if want := refAllows(in, pkt); got != want {
+						t.Fatalf("seed %d: %s: compiled %v (%s), reference %v\n%s", seed, pkt, got, why, want, describeInput(in))
+					}
+					if got && (why.Egress.Kind == AllowedByPolicy && len(why.Egress.Policies) == 0 ||
+						why.Ingress.Kind == AllowedByPolicy && len(why.Ingress.Policies) == 0) {
+						t.Fatalf("seed %d: %s allowed without a policy that grants it: %s", seed, pkt, why)
+					}
+				}
+			}
+		}
+	}
+	return allowed, denied
 }
 
 // checkRuleSet checks the invariants the applier relies on: entries are
