@@ -90,3 +90,45 @@ func convergeOnce(b *testing.B, n int) time.Duration {
 	b.StopTimer()
 	return took
 }
+
+// BenchmarkFailureDetection measures, with the default timings, how long
+// after a member stops answering (shut down without leaving, like kill -9)
+// every other member has declared it dead. Compare with
+// Config.FailureDetectionTime.
+func BenchmarkFailureDetection(b *testing.B) {
+	const n = 5
+	var total time.Duration
+	for range b.N {
+		b.StopTimer()
+		nodes := make([]*node, n)
+		for i := range nodes {
+			c := DefaultConfig()
+			c.NodeName = fmt.Sprintf("m%d", i)
+			c.BindAddr = "127.0.0.1"
+			c.BindPort = 0
+			c.Key = testGossipKey
+			if i > 0 {
+				c.Seeds = []string{nodes[0].addr()}
+			}
+			nodes[i] = startNode(b, c)
+		}
+		waitFullMesh(b, time.Minute, nodes...)
+		b.StartTimer()
+		start := time.Now()
+		victim := nodes[n-1]
+		_ = victim.Close()
+		for _, o := range nodes[:n-1] {
+			waitFor(b, time.Minute, "death of "+victim.cfg.NodeName, func() bool {
+				ev, ok := o.lastEvent(victim.cfg.NodeName)
+				return ok && ev.Type == EventLeave && ev.Peer.State == StateDead
+			})
+		}
+		total += time.Since(start)
+		b.StopTimer()
+		for _, o := range nodes {
+			o.stop(b)
+		}
+	}
+	b.ReportMetric(total.Seconds()/float64(b.N), "s/declared-dead")
+	b.ReportMetric(DefaultConfig().FailureDetectionTime(n).Seconds(), "s/documented")
+}

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"slices"
 	"strconv"
@@ -258,5 +259,26 @@ func checkGoroutines(t *testing.T, before int) {
 			t.Fatalf("%d goroutines running, %d before the test:\n%s", runtime.NumGoroutine(), before, buf)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestInsecureMesh(t *testing.T) {
+	c1 := testConfig(t, "n1")
+	c1.Key = nil
+	n1 := startNode(t, c1)
+	c2 := testConfig(t, "n2", n1.addr())
+	c2.Key = nil
+	n2 := startNode(t, c2)
+	waitFullMesh(t, converge, n1, n2)
+
+	n2.stop(t)
+	if err := n2.SetMeta(Meta{}); !errors.Is(err, ErrClosed) {
+		t.Errorf("SetMeta after Run returned = %v, want ErrClosed", err)
+	}
+	if err := n2.SendTo("n1", nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("SendTo after Run returned = %v, want ErrClosed", err)
+	}
+	if err := n2.Close(); err != nil {
+		t.Errorf("Close after Run returned = %v", err)
 	}
 }
