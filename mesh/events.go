@@ -19,9 +19,10 @@ const (
 	EventJoin EventType = iota + 1
 	// EventUpdate: the peer's metadata or address changed.
 	EventUpdate
-	// EventLeave: the peer left gracefully (StateLeft), was declared dead
-	// (StateDead), or its metadata became unreadable. A Leave for a peer
-	// you do not know is a no-op.
+	// EventLeave: the peer left gracefully (StateLeft: it announced its
+	// leave), was declared dead (StateDead), or its metadata became
+	// unreadable (StateAlive; it comes back with a Join once readable).
+	// A Leave for a peer you do not know is a no-op.
 	EventLeave
 )
 
