@@ -17,14 +17,16 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 // goldenInput is a small node: two local pods in x (one dual-stack), a
 // remote pod in y, a default deny and an allowance.
 func goldenInput() Input {
+	a := mkPod("x", "a", "10.32.0.5", map[string]string{"app": "web"}, namedPort("http", 8080, ""))
+	a.Status.PodIPs = append(a.Status.PodIPs, corev1.PodIP{IP: "fd00::5"})
 	b := mkPod("x", "b", "10.32.0.6", map[string]string{"app": "db"})
 	b.Status.PodIPs = append(b.Status.PodIPs, corev1.PodIP{IP: "fd00::6"})
 	return Input{
 		NodeName:   testNode,
-		NodeAddrs:  []netip.Addr{addr("10.32.0.1")},
+		NodeAddrs:  []netip.Addr{addr("10.32.0.1"), addr("fd00::1")},
 		Namespaces: []*corev1.Namespace{mkNS("x", nil), mkNS("y", map[string]string{"team": "blue"})},
 		Pods: []*corev1.Pod{
-			mkPod("x", "a", "10.32.0.5", map[string]string{"app": "web"}, namedPort("http", 8080, "")),
+			a,
 			b,
 			onNode(mkPod("y", "c", "10.32.1.7", map[string]string{"app": "client"}), "node-2"),
 			onNode(mkPod("y", "d", "10.32.1.8", map[string]string{"app": "client"}), "node-2"),
@@ -33,7 +35,8 @@ func goldenInput() Input {
 			mkPolicy("x", "deny-all", &metav1.LabelSelector{}, types(networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress)),
 			mkPolicy("x", "web", sel("app", "web"),
 				ingressRule(peers(nsPeer(sel("team", "blue"))), namedPolicyPort("", "http")),
-				egressRule(peers(blockPeer("10.0.0.0/8", "10.32.1.0/24")), port(corev1.ProtocolUDP, 53), portRange(corev1.ProtocolTCP, 8000, 8099))),
+				egressRule(peers(blockPeer("10.0.0.0/8", "10.32.1.0/24"), blockPeer("fd00::/64", "fd00::6/128")),
+					port(corev1.ProtocolUDP, 53), portRange(corev1.ProtocolTCP, 8000, 8099))),
 			mkPolicy("x", "db", sel("app", "db"), ingressRule(peers(podPeer(sel("app", "web"))))),
 		},
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -11,52 +12,84 @@ import (
 	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // podNS wires a "pod" namespace to the forwarding "node" namespace with a
-// veth pair: pod eth0 = podIP/24, node side = gw/24.
-func podNS(t *testing.T, node ns.NetNS, hostIf, podIP, gw string) ns.NetNS {
+// veth pair; each pair of nets is the pod's address and the node side's
+// (the pod's gateway), e.g. {"10.32.1.5/24", "10.32.1.1/24"}.
+func podNS(t *testing.T, node ns.NetNS, hostIf string, nets ...[2]string) ns.NetNS {
 	t.Helper()
 	pod := throwawayNetns(t)
-	err := pod.Do(func(ns.NetNS) error {
-		_, _, err := ip.SetupVethWithName("eth0", hostIf, 1500, "", node)
+	addrAdd := func(l netlink.Link, cidr string) error {
+		a, err := netlink.ParseAddr(cidr)
 		if err != nil {
+			return err
+		}
+		a.Flags = unix.IFA_F_NODAD // no duplicate address detection: usable at once
+		return netlink.AddrAdd(l, a)
+	}
+	err := pod.Do(func(ns.NetNS) error {
+		if err := noDAD(); err != nil {
+			return err
+		}
+		if _, _, err := ip.SetupVethWithName("eth0", hostIf, 1500, "", node); err != nil {
 			return fmt.Errorf("veth: %w", err)
 		}
 		l, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
 		}
-		a, _ := netlink.ParseAddr(podIP + "/24")
-		if err := netlink.AddrAdd(l, a); err != nil {
-			return fmt.Errorf("pod address: %w", err)
+		for _, n := range nets {
+			if err := addrAdd(l, n[0]); err != nil {
+				return fmt.Errorf("pod address %s: %w", n[0], err)
+			}
 		}
 		if err := netlink.LinkSetUp(l); err != nil {
 			return err
 		}
-		return netlink.RouteAdd(&netlink.Route{Gw: net.ParseIP(gw)})
+		for _, n := range nets {
+			gw, _, _ := net.ParseCIDR(n[1])
+			if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: gw}); err != nil {
+				return fmt.Errorf("default route via %s: %w", gw, err)
+			}
+		}
+		return nil
 	})
 	if err != nil {
-		t.Fatalf("set up pod %s: %v", podIP, err)
+		t.Fatalf("set up pod %v: %v", nets, err)
 	}
 	err = node.Do(func(ns.NetNS) error {
 		l, err := netlink.LinkByName(hostIf)
 		if err != nil {
 			return err
 		}
-		a, _ := netlink.ParseAddr(gw + "/24")
-		if err := netlink.AddrAdd(l, a); err != nil {
-			return err
+		for _, n := range nets {
+			if err := addrAdd(l, n[1]); err != nil {
+				return err
+			}
 		}
 		return netlink.LinkSetUp(l)
 	})
 	if err != nil {
-		t.Fatalf("set up node side of %s: %v", podIP, err)
+		t.Fatalf("set up node side of %v: %v", nets, err)
 	}
 	return pod
+}
+
+// noDAD turns IPv6 duplicate address detection off in the calling thread's
+// namespace, so that link-local addresses (which neighbor discovery needs)
+// are usable at once.
+func noDAD() error {
+	for _, c := range []string{"all", "default"} {
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+c+"/accept_dad", []byte("0"), 0o644); err != nil {
+			return fmt.Errorf("turn off DAD: %w", err)
+		}
+	}
+	return nil
 }
 
 // listen serves TCP on addr inside n until the test ends.
@@ -114,13 +147,14 @@ func connects(t *testing.T, n ns.NetNS, addr string) bool {
 // namespace that holds the rules.
 func TestTrafficThroughNode(t *testing.T) {
 	node := throwawayNetns(t)
-	if err := node.Do(func(ns.NetNS) error { return ip.EnableIP4Forward() }); err != nil {
+	if err := node.Do(func(ns.NetNS) error { return errors.Join(noDAD(), ip.EnableIP4Forward(), ip.EnableIP6Forward()) }); err != nil {
 		t.Fatalf("enable forwarding: %v", err)
 	}
-	podA := podNS(t, node, "veth-a", "10.32.1.5", "10.32.1.1")
-	podB := podNS(t, node, "veth-b", "10.32.2.6", "10.32.2.1")
-	listen(t, podB, "10.32.2.6:80")
-	listen(t, podB, "10.32.2.6:81")
+	podA := podNS(t, node, "veth-a", [2]string{"10.32.1.5/24", "10.32.1.1/24"}, [2]string{"fd00:1::5/64", "fd00:1::1/64"})
+	podB := podNS(t, node, "veth-b", [2]string{"10.32.2.6/24", "10.32.2.1/24"}, [2]string{"fd00:2::6/64", "fd00:2::1/64"})
+	for _, a := range []string{"10.32.2.6:80", "10.32.2.6:81", "[fd00:2::6]:80", "[fd00:2::6]:81"} {
+		listen(t, podB, a)
+	}
 
 	in := Input{
 		NodeName:   testNode,
@@ -130,6 +164,8 @@ func TestTrafficThroughNode(t *testing.T) {
 			mkPod("y", "b", "10.32.2.6", map[string]string{"app": "server"}),
 		},
 	}
+	in.Pods[0].Status.PodIPs = append(in.Pods[0].Status.PodIPs, corev1.PodIP{IP: "fd00:1::5"})
+	in.Pods[1].Status.PodIPs = append(in.Pods[1].Status.PodIPs, corev1.PodIP{IP: "fd00:2::6"})
 	a := NewApplier(Config{NetNS: int(node.Fd())})
 	t.Cleanup(func() { _ = a.Remove() })
 
@@ -140,14 +176,19 @@ func TestTrafficThroughNode(t *testing.T) {
 			t.Fatalf("%s: apply: %v", phase, err)
 		}
 		for _, c := range []struct {
-			port uint16
-			want bool
-		}{{80, want80}, {81, want81}} {
-			if ok, why := rs.Allows(tcp("10.32.1.5", "10.32.2.6", c.port)); ok != c.want {
-				t.Fatalf("%s: the rule set says %v for port %d (%s), want %v", phase, ok, c.port, why, c.want)
+			src, dst string
+			port     uint16
+			want     bool
+		}{
+			{"10.32.1.5", "10.32.2.6", 80, want80}, {"10.32.1.5", "10.32.2.6", 81, want81},
+			{"fd00:1::5", "fd00:2::6", 80, want80}, {"fd00:1::5", "fd00:2::6", 81, want81},
+		} {
+			if ok, why := rs.Allows(tcp(c.src, c.dst, c.port)); ok != c.want {
+				t.Fatalf("%s: the rule set says %v for %s port %d (%s), want %v", phase, ok, c.dst, c.port, why, c.want)
 			}
-			if got := connects(t, podA, fmt.Sprintf("10.32.2.6:%d", c.port)); got != c.want {
-				t.Errorf("%s: connect to port %d = %v, want %v", phase, c.port, got, c.want)
+			dst := net.JoinHostPort(c.dst, fmt.Sprint(c.port))
+			if got := connects(t, podA, dst); got != c.want {
+				t.Errorf("%s: connect to %s = %v, want %v", phase, dst, got, c.want)
 			}
 		}
 	}
@@ -180,7 +221,7 @@ func TestTrafficThroughNode(t *testing.T) {
 	in.Policies = []*networkingv1.NetworkPolicy{
 		mkPolicy("x", "out-81", sel("app", "client"),
 			types(networkingv1.PolicyTypeEgress),
-			egressRule(peers(blockPeer("10.32.0.0/16")), port(corev1.ProtocolTCP, 81))),
+			egressRule(peers(blockPeer("10.32.0.0/16"), blockPeer("fd00::/16")), port(corev1.ProtocolTCP, 81))),
 		mkPolicy("y", "all-in", &metav1.LabelSelector{}, ingressRule(nil)),
 	}
 	check("egress 81 only", false, true)
@@ -188,9 +229,9 @@ func TestTrafficThroughNode(t *testing.T) {
 	if err := a.Remove(); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
-	for _, port := range []string{"80", "81"} {
-		if !connects(t, podA, "10.32.2.6:"+port) {
-			t.Errorf("after Remove: port %s is still blocked", port)
+	for _, dst := range []string{"10.32.2.6:80", "10.32.2.6:81", "[fd00:2::6]:80", "[fd00:2::6]:81"} {
+		if !connects(t, podA, dst) {
+			t.Errorf("after Remove: %s is still blocked", dst)
 		}
 	}
 }
