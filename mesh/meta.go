@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -39,16 +40,29 @@ type Meta struct {
 	// TunnelAddr is the node's address on the overlay; the zero Addr
 	// means the node has none yet.
 	TunnelAddr netip.Addr
+	// Unreachable names the peers this node cannot reach directly,
+	// separated by commas, so every node can agree on a relay for them.
+	// Usually empty. A string keeps Meta comparable; see UnreachablePeers.
+	Unreachable string
+}
+
+// UnreachablePeers splits Unreachable into names.
+func (m Meta) UnreachablePeers() []string {
+	if m.Unreachable == "" {
+		return nil
+	}
+	return strings.Split(m.Unreachable, ",")
 }
 
 // Encoding: one byte of ProtoVersion, then fields as (tag, length, value)
 // with tag and length as unsigned varints. Empty fields are left out.
 // Decoders skip unknown tags, so a later minor version can add fields.
 const (
-	tagName       = 1
-	tagPublicKey  = 2
-	tagEndpoint   = 3
-	tagTunnelAddr = 4
+	tagName        = 1
+	tagPublicKey   = 2
+	tagEndpoint    = 3
+	tagTunnelAddr  = 4
+	tagUnreachable = 5
 )
 
 // Encode returns the wire form of m. It fails if m would not fit in
@@ -74,6 +88,14 @@ func (m Meta) Encode() ([]byte, error) {
 			return nil, fmt.Errorf("encode meta: tunnel address %s has a zone; use an address without one", m.TunnelAddr)
 		}
 		buf = appendField(buf, tagTunnelAddr, m.TunnelAddr.AsSlice())
+	}
+	if m.Unreachable != "" {
+		for _, n := range m.UnreachablePeers() {
+			if n == "" {
+				return nil, fmt.Errorf("encode meta: unreachable list %q has an empty name", m.Unreachable)
+			}
+		}
+		buf = appendField(buf, tagUnreachable, []byte(m.Unreachable))
 	}
 	if len(buf) > MaxMetaSize {
 		return nil, fmt.Errorf("encode meta: %d bytes, more than the %d memberlist allows; shorten the node name or endpoint", len(buf), MaxMetaSize)
@@ -146,6 +168,13 @@ func (m *Meta) setField(tag uint64, val []byte) error {
 			return fmt.Errorf("tunnel address of %d bytes, want 4 or 16", len(val))
 		}
 		m.TunnelAddr = a
+	case tagUnreachable:
+		m.Unreachable = string(val)
+		for _, n := range m.UnreachablePeers() {
+			if n == "" {
+				return errors.New("unreachable list with an empty name")
+			}
+		}
 	}
 	return nil
 }

@@ -28,6 +28,7 @@ func TestMetaRoundTrip(t *testing.T) {
 		{"full v6", Meta{Name: "n", PublicKey: testKey(9), Endpoint: "[2001:db8::1]:6784", TunnelAddr: netip.MustParseAddr("fd00::1")}},
 		{"4in6", Meta{Name: "n", TunnelAddr: netip.MustParseAddr("::ffff:10.0.0.1")}},
 		{"explicit proto", Meta{Proto: ProtoVersion, Name: "x"}},
+		{"unreachable peers", Meta{Name: "n1", Unreachable: "n2,n7"}},
 		{"long name", Meta{Name: strings.Repeat("a", 253), PublicKey: testKey(3), Endpoint: strings.Repeat("b", 200) + ":1"}},
 	}
 	for _, tt := range tests {
