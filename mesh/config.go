@@ -108,7 +108,10 @@ type Config struct {
 	TCPTimeout time.Duration
 	// JoinBackoffMin and JoinBackoffMax bound the exponential backoff
 	// between attempts to join the seeds at start. A node that starts
-	// before its seeds keeps trying forever. Defaults 500 ms and 30 s.
+	// before its seeds keeps trying forever. Defaults 500 ms and 10 s: a
+	// seed busy with a whole cluster starting at once (memberlist refuses
+	// more than 128 concurrent joins) is retried soon, at a cost of one
+	// TCP dial per node every 10 s while the seeds are down.
 	JoinBackoffMin time.Duration
 	JoinBackoffMax time.Duration
 	// RejoinInterval is how often the node tries to join the seeds that
@@ -139,7 +142,7 @@ func DefaultConfig() Config {
 		DeadNodeReclaimTime:     10 * time.Second,
 		TCPTimeout:              5 * time.Second,
 		JoinBackoffMin:          500 * time.Millisecond,
-		JoinBackoffMax:          30 * time.Second,
+		JoinBackoffMax:          10 * time.Second,
 		RejoinInterval:          15 * time.Second,
 		ForgetDepartedAfter:     time.Hour,
 	}
