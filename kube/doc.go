@@ -1,0 +1,28 @@
+// Package kube is weft's side of the Kubernetes API: the client
+// (NewClient), a Node watcher that gives the mesh its seeds and tells of
+// deleted Nodes (Nodes), the daemon's few writes to its own Node
+// (PublishNode, SetNetworkAvailable), and the cluster-wide objects that must
+// exist exactly once, each made by create-if-absent so that the first writer
+// wins and every other daemon adopts its value:
+//
+//	kube-system/Secret weft                   EnsureSecret   the cluster secret
+//	kube-system/ConfigMap weft-ipam-genesis   EnsureGenesis  pod CIDR and seed list of the ring
+//	kube-system/Lease weft-reclaim-<node>     ClaimReclaim   who reclaims a deleted Node's ranges
+//
+// Only kube and daemon import client-go; the other packages take plain data.
+package kube
+
+import "time"
+
+// Namespace is where weft keeps its objects.
+const Namespace = "kube-system"
+
+// Annotations PublishNode writes on the daemon's own Node, for people and
+// tools to read (the mesh itself trusts gossip, not these).
+const (
+	AnnotationPublicKey   = "weft.dev/public-key"
+	AnnotationEndpoint    = "weft.dev/endpoint"
+	AnnotationTunnelAddr  = "weft.dev/tunnel-address"
+	fieldManager          = "weft"
+	defaultRequestTimeout = 30 * time.Second
+)
