@@ -3,12 +3,15 @@ package mesh
 import (
 	"context"
 	"errors"
+	"net"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 const converge = 15 * time.Second // generous deadline for gossip to converge
@@ -280,5 +283,63 @@ func TestInsecureMesh(t *testing.T) {
 	}
 	if err := n2.Close(); err != nil {
 		t.Errorf("Close after Run returned = %v", err)
+	}
+}
+
+func TestSlowConsumerNeverBlocksGossip(t *testing.T) {
+	// Drive memberlist's callbacks directly, far more often than the
+	// Events buffer holds, while nobody reads: they must never block.
+	n1 := newNode(t, testConfig(t, "n1"))
+	const updates = 3 * eventBuffer
+	var last Meta
+	for i := range updates {
+		last = Meta{Proto: ProtoVersion, Name: "n2", Endpoint: "192.0.2.1:" + strconv.Itoa(10000+i)}
+		raw, err := last.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ml := &memberlist.Node{Name: "n2", Addr: net.IPv4(192, 0, 2, 1), Port: 6783, Meta: raw}
+		d := eventDelegate{n1.Mesh}
+		if i == 0 {
+			d.NotifyJoin(ml)
+		} else {
+			d.NotifyUpdate(ml)
+		}
+	}
+	if ms := n1.Members(); len(ms) != 1 || ms[0].Meta != last {
+		t.Fatalf("Members = %+v, want n2 with its last metadata", ms)
+	}
+	n1.run(t)
+	waitFor(t, converge, "the last update event", func() bool {
+		ev, ok := n1.lastEvent("n2")
+		return ok && ev.Peer.Meta == last
+	})
+	evs := n1.eventsFor("n2")
+	if evs[0].Type != EventJoin {
+		t.Errorf("first event %v, want join", evs[0].Type)
+	}
+	if len(evs) >= updates || n1.Health().CoalescedEvents == 0 {
+		t.Errorf("%d updates gave %d events, %d coalesced: want coalescing", updates, len(evs), n1.Health().CoalescedEvents)
+	}
+}
+
+func TestBroadcastReachesEveryone(t *testing.T) {
+	const n = 8
+	nodes := []*node{startNode(t, testConfig(t, "b0"))}
+	for i := 1; i < n; i++ {
+		nodes = append(nodes, startNode(t, testConfig(t, "b"+strconv.Itoa(i), nodes[0].addr())))
+	}
+	waitFullMesh(t, converge, nodes...)
+	for i, size := range []int{10, 3000} {
+		msg := strings.Repeat(strconv.Itoa(i), size)
+		nodes[3].Broadcast([]byte(msg))
+		for _, o := range nodes {
+			if o == nodes[3] {
+				continue
+			}
+			waitFor(t, converge, o.cfg.NodeName+" to get the broadcast", func() bool {
+				return o.app.received("b3: "+msg) == 1
+			})
+		}
 	}
 }
