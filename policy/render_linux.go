@@ -317,10 +317,7 @@ func vmapRule(f family, dir Direction, set string) nftRule {
 func dropChain(name string, p *PodRules, dir Direction, cfg Config) *nftChain {
 	c := &nftChain{name: name}
 	if !cfg.NoLog {
-		prefix := fmt.Sprintf("weft drop %s %s: ", dir, p.Key())
-		if len(prefix) > 127 {
-			prefix = prefix[:127]
-		}
+		prefix := LogPrefix(dir, p.Key())
 		c.rules = append(c.rules, nftRule{
 			fmt.Sprintf("limit rate %d/second burst %d packets log prefix %q group %d", cfg.LogRate, cfg.LogRate, prefix, cfg.LogGroup),
 			[]expr.Any{
