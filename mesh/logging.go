@@ -21,11 +21,11 @@ const joinKeyHint = "the seed has another cluster secret (gossip key), or only o
 
 // newMemberlistLogger returns the *log.Logger handed to memberlist. Its
 // lines ("[WARN] memberlist: ...") become records of the matching level
-// on logger's handler, tagged component=memberlist, with repeats
+// on logger's handler, tagged lib=memberlist, with repeats
 // rate-limited.
 func newMemberlistLogger(logger *slog.Logger) *log.Logger {
 	h := &memberlistHandler{
-		next: logger.Handler().WithAttrs([]slog.Attr{slog.String("component", "memberlist")}),
+		next: logger.Handler().WithAttrs([]slog.Attr{slog.String("lib", "memberlist")}),
 		rl:   &rateLimiter{window: logRepeatWindow, seen: map[string]*repeat{}},
 	}
 	return slog.NewLogLogger(h, slog.LevelInfo)

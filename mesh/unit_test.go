@@ -43,7 +43,7 @@ func TestMemberlistLoggerRateLimits(t *testing.T) {
 	if len(lines) != 2 {
 		t.Fatalf("want 2 lines (one decrypt error, one warning), got:\n%s", out)
 	}
-	if !strings.Contains(lines[0], "level=ERROR") || !strings.Contains(lines[0], "component=memberlist") || !strings.Contains(lines[0], "hint=") {
+	if !strings.Contains(lines[0], "level=ERROR") || !strings.Contains(lines[0], "lib=memberlist") || !strings.Contains(lines[0], "hint=") {
 		t.Errorf("decrypt error line lacks level, component or hint: %s", lines[0])
 	}
 	if !strings.Contains(lines[1], "level=WARN") {
