@@ -69,7 +69,8 @@ type Config struct {
 	// empty.
 	Meta Meta
 	// Logger receives the mesh's logs and memberlist's, the latter
-	// rate-limited and tagged "lib"="memberlist" (the caller may use "component" itself). Default: discard.
+	// rate-limited and tagged lib=memberlist (so the caller may tag
+	// with "component" itself). Default: discard.
 	Logger *slog.Logger
 	// Delegate receives the application's state and messages. Optional.
 	Delegate AppDelegate
