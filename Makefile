@@ -22,7 +22,7 @@ STATICCHECK_VERSION := v0.6.1
 export WEFT_BINARY := $(CURDIR)/$(BIN)/weft
 export WEFT_KUBE_APISERVER := $(CURDIR)/$(KUBE_APISERVER)
 
-.PHONY: all build build-arm64 test unit demo bench lint clean clean-netns kube-apiserver image
+.PHONY: all build build-arm64 test unit demo bench lint clean clean-netns kube-apiserver image wireguard-go-upstream
 
 all: build
 
@@ -56,8 +56,21 @@ demo: build
 	sudo -n true 2>/dev/null || [ "$$(id -u)" = 0 ] || { echo "make demo needs root (network namespaces)"; exit 1; }
 	$(BIN)/weft demo
 
-bench: build kube-apiserver
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./... | tee $(CACHE)/bench.log
+# Every benchmark of the repo, one round each (BENCHMARKS.md has the
+# results). The data-path benchmark (tests/, BenchmarkTunnel) compares weft
+# with the upstream standalone wireguard-go built here from the module proxy
+# and with Debian's /usr/bin/wireguard-go when installed; benchmarks whose
+# tools are missing skip and say what to install. Nothing is installed here.
+# -p 1: one package at a time, so no benchmark competes with another for CPU.
+WIREGUARD_GO_UPSTREAM := $(CACHE)/bin/wireguard-go-upstream
+export WEFT_WIREGUARD_GO_UPSTREAM := $(CURDIR)/$(WIREGUARD_GO_UPSTREAM)
+
+wireguard-go-upstream:
+	GO=$(GO) scripts/build-wireguard-go $(WIREGUARD_GO_UPSTREAM)
+
+bench: build kube-apiserver wireguard-go-upstream
+	@mkdir -p $(CACHE)
+	set -o pipefail; $(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./... 2>&1 | tee $(CACHE)/bench.log
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt would change:"; echo "$$out"; exit 1; }
