@@ -389,17 +389,24 @@ func blockRanges(b *networkingv1.IPBlock) ([]AddrRange, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipBlock cidr %q: %w", b.CIDR, err)
 	}
-	cidr = netip.PrefixFrom(cidr.Addr().Unmap(), min(cidr.Bits(), cidr.Addr().Unmap().BitLen())).Masked()
-	out := []AddrRange{prefixRange(cidr)}
+	out := []AddrRange{prefixRange(unmapPrefix(cidr))}
 	for _, e := range b.Except {
 		ex, err := netip.ParsePrefix(e)
 		if err != nil {
 			return nil, fmt.Errorf("ipBlock except %q: %w", e, err)
 		}
-		ex = netip.PrefixFrom(ex.Addr().Unmap(), min(ex.Bits(), ex.Addr().Unmap().BitLen())).Masked()
-		out = subtractRange(out, prefixRange(ex))
+		out = subtractRange(out, prefixRange(unmapPrefix(ex)))
 	}
 	return out, nil
+}
+
+// unmapPrefix turns an IPv4-mapped IPv6 prefix (::ffff:10.0.0.0/104) into
+// its IPv4 prefix, as pod addresses are compared unmapped; it masks.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if p.Addr().Is4In6() {
+		return netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0)).Masked()
+	}
+	return p.Masked()
 }
 
 func protoOf(p corev1.Protocol) Proto {

@@ -104,6 +104,10 @@ func TestCompile(t *testing.T) {
 			mkPolicy("x", "cidr", all, ingressRule(peers(blockPeer("10.0.0.0/16", "10.0.2.0/24", "10.0.1.2/32"))))), []expect{
 			allow(tcp(xa, xb, 80)), deny(tcp(xb, xa, 80)), deny(tcp(ya, xa, 80)), deny(tcp(outside, xa, 80)),
 		}},
+		{"an IPv4-mapped ipBlock matches IPv4 addresses", tableInput(
+			mkPolicy("x", "mapped", all, ingressRule(peers(blockPeer("::ffff:10.0.2.0/120"))))), []expect{
+			allow(tcp(ya, xa, 80)), deny(tcp(xb, xa, 80)),
+		}},
 		{"ports: numbers, default TCP, UDP, SCTP, endPort", tableInput(
 			mkPolicy("x", "ports", all, ingressRule(nil, port("", 80), port(corev1.ProtocolUDP, 53),
 				port(corev1.ProtocolSCTP, 9), portRange(corev1.ProtocolTCP, 1000, 1002), protoOnly(corev1.ProtocolUDP)))), []expect{

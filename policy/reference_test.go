@@ -104,13 +104,12 @@ func refPeersMatch(in Input, pol *networkingv1.NetworkPolicy, peers []networking
 	}
 	for _, p := range peers {
 		if p.IPBlock != nil {
-			cidr := netip.MustParsePrefix(p.IPBlock.CIDR)
-			if !cidr.Contains(addr) {
+			if !refCIDRContains(p.IPBlock.CIDR, addr) {
 				continue
 			}
 			excepted := false
 			for _, e := range p.IPBlock.Except {
-				if netip.MustParsePrefix(e).Contains(addr) {
+				if refCIDRContains(e, addr) {
 					excepted = true
 				}
 			}
@@ -137,6 +136,15 @@ func refPeersMatch(in Input, pol *networkingv1.NetworkPolicy, peers []networking
 		return true
 	}
 	return false
+}
+
+// refCIDRContains: an IPv4-mapped IPv6 CIDR stands for its IPv4 range.
+func refCIDRContains(cidr string, a netip.Addr) bool {
+	p := netip.MustParsePrefix(cidr)
+	if p.Addr().Is4In6() {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Contains(a)
 }
 
 func refNamespaceLabels(in Input, name string) map[string]string {
