@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"cmp"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -578,11 +579,11 @@ func (a *Applier) Drops() ([]DropCount, error) {
 		}
 		if d, ok := a.desired.drops[co.Name]; ok {
 			out = append(out, DropCount{Namespace: d.namespace, Name: d.name, Direction: d.dir,
-				Dir: d.dir.String(), Packets: co.Packets, Bytes: co.Bytes})
+				Packets: co.Packets, Bytes: co.Bytes})
 		}
 	}
 	slices.SortFunc(out, func(x, y DropCount) int {
-		return strings.Compare(x.Namespace+"/"+x.Name+"/"+x.Dir, y.Namespace+"/"+y.Name+"/"+y.Dir)
+		return cmp.Or(strings.Compare(x.Namespace+"/"+x.Name, y.Namespace+"/"+y.Name), cmp.Compare(x.Direction, y.Direction))
 	})
 	return out, nil
 }

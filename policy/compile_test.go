@@ -286,6 +286,10 @@ func TestSummary(t *testing.T) {
 	if string(b) != want {
 		t.Errorf("policies:\n%s\nwant:\n%s", b, want)
 	}
+	b, _ = json.Marshal(DropCount{Namespace: "x", Name: "a", Direction: Egress, Packets: 3, Bytes: 180})
+	if want := `{"namespace":"x","name":"a","direction":"egress","packets":3,"bytes":180}`; string(b) != want {
+		t.Errorf("drop count: %s, want %s", b, want)
+	}
 	if len(s.Pods) != 4 || !slices.Equal(s.Pods[0].Ingress, []string{"x/deny", "x/web"}) || s.Pods[0].IngressEntries != 1 {
 		t.Errorf("pods: %+v", s.Pods)
 	}

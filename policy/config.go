@@ -55,8 +55,7 @@ func (c Config) withDefaults() Config {
 type DropCount struct {
 	Namespace string    `json:"namespace"`
 	Name      string    `json:"name"`
-	Direction Direction `json:"-"`
-	Dir       string    `json:"direction"` // "ingress" or "egress"
+	Direction Direction `json:"direction"` // "ingress" or "egress"
 	Packets   uint64    `json:"packets"`
 	Bytes     uint64    `json:"bytes"`
 }

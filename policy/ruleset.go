@@ -115,6 +115,22 @@ func (d Direction) String() string {
 	return "ingress"
 }
 
+// MarshalText writes "ingress" or "egress".
+func (d Direction) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText reads "ingress" or "egress".
+func (d *Direction) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "ingress":
+		*d = Ingress
+	case "egress":
+		*d = Egress
+	default:
+		return fmt.Errorf("direction %q is neither ingress nor egress", b)
+	}
+	return nil
+}
+
 // DirRules is what one local pod may do in one direction.
 type DirRules struct {
 	// Policies that select the pod for this direction (namespace/name,
