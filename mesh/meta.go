@@ -98,7 +98,7 @@ func (m Meta) Encode() ([]byte, error) {
 		buf = appendField(buf, tagUnreachable, []byte(m.Unreachable))
 	}
 	if len(buf) > MaxMetaSize {
-		return nil, fmt.Errorf("encode meta: %d bytes, more than the %d memberlist allows; shorten the node name or endpoint", len(buf), MaxMetaSize)
+		return nil, fmt.Errorf("encode meta: %d bytes, more than the %d memberlist allows; shorten the node name, endpoint or unreachable list", len(buf), MaxMetaSize)
 	}
 	return buf, nil
 }

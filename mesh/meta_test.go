@@ -62,6 +62,7 @@ func TestMetaEncodeErrors(t *testing.T) {
 		{"too large", Meta{Name: strings.Repeat("n", 300), Endpoint: strings.Repeat("e", 300)}, "more than the 512"},
 		{"other proto", Meta{Proto: 2}, "incompatible"},
 		{"zone", Meta{TunnelAddr: netip.MustParseAddr("fe80::1%eth0")}, "zone"},
+		{"unreachable empty name", Meta{Unreachable: "a,"}, "empty name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -100,6 +101,8 @@ func TestDecodeMeta(t *testing.T) {
 		{"huge length", cat([]byte{ProtoVersion, tagName}, binary.AppendUvarint(nil, 1<<63)), Meta{}, "bad length"},
 		{"short key", cat([]byte{ProtoVersion}, field(tagPublicKey, key[:31])), Meta{}, "public key"},
 		{"bad addr", cat([]byte{ProtoVersion}, field(tagTunnelAddr, []byte{1, 2, 3})), Meta{}, "tunnel address"},
+		{"unreachable", cat([]byte{ProtoVersion}, field(tagUnreachable, []byte("n2,n3"))), Meta{Proto: ProtoVersion, Unreachable: "n2,n3"}, ""},
+		{"unreachable empty name", cat([]byte{ProtoVersion}, field(tagUnreachable, []byte("n2,,n3"))), Meta{}, "empty name"},
 		{"duplicate", cat([]byte{ProtoVersion}, field(tagName, []byte("a")), field(tagName, []byte("b"))), Meta{}, "twice"},
 		{"too long", cat([]byte{ProtoVersion}, field(99, make([]byte, MaxMetaSize))), Meta{}, "more than"},
 	}
@@ -130,6 +133,7 @@ func FuzzDecodeMeta(f *testing.F) {
 	full, _ := Meta{Name: "node-1", PublicKey: key, Endpoint: "192.0.2.1:6784", TunnelAddr: netip.MustParseAddr("10.32.0.1")}.Encode()
 	f.Add(full)
 	f.Add([]byte{ProtoVersion})
+	f.Add(cat([]byte{ProtoVersion}, field(tagUnreachable, []byte("n2,n3"))))
 	f.Add([]byte{})
 	f.Add(cat([]byte{ProtoVersion}, field(99, []byte("future")), field(tagTunnelAddr, netip.MustParseAddr("fd00::1").AsSlice())))
 	f.Fuzz(func(t *testing.T, b []byte) {
