@@ -33,7 +33,7 @@ const KeySize = 32
 //	SuspicionMult × max(1, log10(N)) × ProbeInterval
 //
 // (N = cluster size) before it is declared dead and a Leave event is
-// delivered. In clusters with more than SuspicionMult nodes memberlist
+// delivered. In clusters of at least SuspicionMult nodes memberlist
 // starts the suspicion timer at SuspicionMaxTimeoutMult times that and
 // shortens it to that value as SuspicionMult−2 other nodes confirm the
 // suspicion, which they normally do within a few probe intervals. So a
@@ -42,7 +42,8 @@ const KeySize = 32
 //	(SuspicionMult × max(1, log10(N)) + 1 … 3) × ProbeInterval
 //
 // which with the defaults (1 s, ×4) is 5–7 s up to 10 nodes, 9–11 s at
-// 100 nodes and 11–13 s at 250. FailureDetectionTime computes the upper end.
+// 100 nodes and 11–13 s at 250 (BenchmarkFailureDetection measures 5.9 s
+// for 5 nodes). FailureDetectionTime computes the upper end.
 type Config struct {
 	// NodeName is the unique name of this node in the cluster. Required.
 	NodeName string
