@@ -33,6 +33,17 @@ build:
 build-arm64:
 	GOARCH=arm64 $(GOBUILD) -o $(BIN)/weft-arm64 .
 
+# The container image, without Docker: FROM scratch plus bin/weft at
+# /usr/local/bin/weft, as one tarball that is both an OCI layout and a
+# `docker save` archive (deploy/image). Reproducible: timestamps are
+# SOURCE_DATE_EPOCH (the commit's time), so the same binary gives the same
+# digest. Release: make image VERSION=v0.1.0 (the tag deploy/weft.yaml names).
+IMAGE_REPO ?= ghcr.io/weftnet/weft
+IMAGE_TAG  ?= $(VERSION)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+image: build
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./deploy/image -binary $(BIN)/weft -tag $(IMAGE_REPO):$(IMAGE_TAG) -version $(VERSION) -revision $(COMMIT) -out $(BIN)/weft-image.tar
+
 # The kube-apiserver of the test harness, built from k8s.io/kubernetes through
 # the Go module proxy (tests/kubeapiserver pins the version). Built once and
 # kept under .cache; never downloaded as a binary.
