@@ -343,3 +343,39 @@ func TestBroadcastReachesEveryone(t *testing.T) {
 		}
 	}
 }
+
+func TestRestartWithSameName(t *testing.T) {
+	tests := []struct {
+		name     string
+		graceful bool
+	}{
+		{"after leaving", true},
+		{"after a crash", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n1 := startNode(t, testConfig(t, "n1"))
+			c2 := testConfig(t, "n2", n1.addr())
+			n2 := startNode(t, c2)
+			waitFullMesh(t, converge, n1, n2)
+			c2.BindPort = int(n2.local.Port())
+			if tt.graceful {
+				n2.stop(t)
+				waitFor(t, converge, "n1 to see n2 leave", func() bool {
+					ev, ok := n1.lastEvent("n2")
+					return ok && ev.Type == EventLeave
+				})
+			} else {
+				_ = n2.Close()
+			}
+			c2.Meta.Endpoint = "192.0.2.9:6784"
+			again := startNode(t, c2)
+			waitFor(t, converge, "n1 to see the restarted n2", func() bool {
+				ms := n1.Members()
+				ev, ok := n1.lastEvent("n2")
+				return len(ms) == 1 && ms[0].Meta.Endpoint == "192.0.2.9:6784" && ok && ev.Type != EventLeave && ev.Peer.Meta.Endpoint == "192.0.2.9:6784"
+			})
+			waitFullMesh(t, converge, n1, again)
+		})
+	}
+}
