@@ -221,6 +221,10 @@ func (m *Mesh) Run(ctx context.Context) error {
 	if !m.started.CompareAndSwap(false, true) {
 		return errors.New("mesh: Run called twice")
 	}
+	if m.closed.Load() {
+		close(m.events)
+		return fmt.Errorf("mesh: Run after Close: %w", ErrClosed)
+	}
 	defer close(m.events)
 	var wg sync.WaitGroup
 	defer wg.Wait()

@@ -249,6 +249,11 @@ func TestRunStopsWhileJoining(t *testing.T) {
 	if err := n.Run(context.Background()); err == nil {
 		t.Fatal("second Run succeeded")
 	}
+	closed := newNode(t, testConfig(t, "closed"))
+	_ = closed.Close()
+	if err := closed.Run(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Run after Close = %v, want ErrClosed", err)
+	}
 }
 
 // checkGoroutines waits until no more goroutines run than before.
