@@ -265,28 +265,36 @@ func TestIPAMKillDuringBurst(t *testing.T) {
 }
 
 // rmpeer of a dead node on two nodes at once: exactly one owner of its
-// former ranges on every ring, and a second rmpeer is a no-op.
+// former ranges on every ring, and a second rmpeer is a no-op. Right after
+// the race both survivors allocate more than they own (a /24 split three
+// ways), so a claimant that lost the race and still used the dead node's
+// space would hand out addresses of the winner.
 func TestIPAMRmpeerTwiceAtOnce(t *testing.T) {
 	lab := newLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	nodes, _ := meshOf(t, ctx, lab, 3)
+	podRange := netip.MustParsePrefix("10.32.0.0/24")
+	nodes, _ := meshOf(t, ctx, lab, 3, "--pod-cidr", podRange.String())
 	dead, survivors := nodes[2], nodes[:2]
 	if _, err := allocateMany(ctx, dead, "dead", 20, 4); err != nil {
 		t.Fatal(err)
 	}
-	former := waitRings(t, ctx, nodes)[dead.Name]
+	start := waitRings(t, ctx, nodes)
+	former := start[dead.Name]
 	if len(former) == 0 {
 		t.Fatalf("%s owns nothing", dead.Name)
 	}
+	t.Logf("ring at start: %s", start)
 
 	if err := dead.KillDaemon(); err != nil {
 		t.Fatal(err)
 	}
+	killed := time.Now()
 	for _, n := range survivors {
 		waitState(t, ctx, n, []*netlab.Node{dead}, "down")
 	}
 	waitUnreachable(t, ctx, survivors, dead.Name)
+	t.Logf("%s seen unreachable by both survivors %v after kill -9", dead.Name, time.Since(killed).Round(time.Millisecond))
 
 	msgs := make([]string, len(survivors))
 	errs := make([]error, len(survivors))
@@ -300,6 +308,7 @@ func TestIPAMRmpeerTwiceAtOnce(t *testing.T) {
 	}
 	close(startGun)
 	wg.Wait()
+	raced := time.Now()
 	for i, n := range survivors {
 		if errs[i] != nil {
 			t.Fatalf("rmpeer %s on %s: %v", dead.Name, n.Name, errs[i])
@@ -307,9 +316,15 @@ func TestIPAMRmpeerTwiceAtOnce(t *testing.T) {
 		t.Logf("rmpeer on %s: %s", n.Name, msgs[i])
 	}
 
-	start := time.Now()
+	// Each survivor asks for 20 more than it has free.
+	count := make([]int, len(survivors))
+	for i, n := range survivors {
+		count[i] = int(freeOf(t, ctx, n)) + 20
+	}
+	got := allocateOnAll(t, ctx, survivors, "after-race", count)
+
 	final := waitRings(t, ctx, survivors)
-	t.Logf("rings converged %v after the two reclaims: %s", time.Since(start).Round(time.Millisecond), final)
+	t.Logf("rings converged %v after the two reclaims: %s", time.Since(raced).Round(time.Millisecond), final)
 	if ps := final[dead.Name]; len(ps) > 0 {
 		t.Errorf("%s still owns %v", dead.Name, ps)
 	}
@@ -326,6 +341,14 @@ func TestIPAMRmpeerTwiceAtOnce(t *testing.T) {
 	}
 	if len(winners) != 1 {
 		t.Errorf("%s's former ranges went to %v, want one node", dead.Name, winners)
+	}
+	distinct(t, got[survivors[0].Name], got[survivors[1].Name])
+	for node, b := range got {
+		for k, a := range b {
+			if o := final.ownerOf(a); o != node {
+				t.Errorf("%s handed out %s (%s), which the ring gives to %q", node, a, k, o)
+			}
+		}
 	}
 
 	for _, n := range survivors {
