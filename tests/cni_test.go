@@ -198,6 +198,28 @@ func TestCNIErrors(t *testing.T) {
 		})
 	}
 
+	t.Run("missing socket through libcni", func(t *testing.T) {
+		var list map[string]any
+		if err := json.Unmarshal(n.NetConfList(), &list); err != nil {
+			t.Fatal(err)
+		}
+		plugins := list["plugins"].([]any)
+		plugins[0].(map[string]any)["socket"] = "/run/weft-no-such-dir/weft.sock"
+		conf, _ := json.Marshal(list)
+		_, err := n.AddPod(ctx, netlab.PodConfig{Name: "no-daemon", NetConfList: conf})
+		var ce *types.Error
+		if !errors.As(err, &ce) || ce.Code != types.ErrTryAgainLater || !strings.Contains(ce.Msg, "/run/weft-no-such-dir/weft.sock") || !strings.Contains(ce.Msg, "not running") {
+			t.Errorf("ADD through a conflist naming a missing socket: %v; want code 11 naming the socket and saying the daemon is not running", err)
+		}
+		after, err := snapshot(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := base.diff(after); d != "" {
+			t.Errorf("the failed ADD changed the node:\n%s", d)
+		}
+	})
+
 	t.Run("full range", func(t *testing.T) {
 		filled := 0
 		for ; ; filled++ {
