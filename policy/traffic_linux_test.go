@@ -118,28 +118,34 @@ func listen(t *testing.T, n ns.NetNS, addr string) {
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 }
 
-// connects reports whether a TCP connection from n to addr is established
-// within a short deadline.
-func connects(t *testing.T, n ns.NetNS, addr string) bool {
+// connects reports whether a TCP connection from n to addr is established.
+// When want is true it retries for up to 10 s (a busy machine may be slow to
+// resolve neighbors); when false one attempt with a short deadline decides.
+func connects(t *testing.T, n ns.NetNS, addr string, want bool) bool {
 	t.Helper()
-	ok := false
-	err := n.Do(func(ns.NetNS) error {
-		c, err := (&net.Dialer{Timeout: 700 * time.Millisecond}).Dial("tcp", addr)
-		if err == nil {
-			ok = true
-			c.Close()
-			return nil
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok := false
+		err := n.Do(func(ns.NetNS) error {
+			c, err := (&net.Dialer{Timeout: 700 * time.Millisecond}).Dial("tcp", addr)
+			if err == nil {
+				ok = true
+				c.Close()
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return nil
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatalf("dial %s: %v", addr, err)
 		}
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return nil
+		if ok || !want || time.Now().After(deadline) {
+			return ok
 		}
-		return err
-	})
-	if err != nil {
-		t.Fatalf("dial %s: %v", addr, err)
 	}
-	return ok
 }
 
 // TestTrafficThroughNode proves drops and allowances with real packets: pod
@@ -187,7 +193,7 @@ func TestTrafficThroughNode(t *testing.T) {
 				t.Fatalf("%s: the rule set says %v for %s port %d (%s), want %v", phase, ok, c.dst, c.port, why, c.want)
 			}
 			dst := net.JoinHostPort(c.dst, fmt.Sprint(c.port))
-			if got := connects(t, podA, dst); got != c.want {
+			if got := connects(t, podA, dst, c.want); got != c.want {
 				t.Errorf("%s: connect to %s = %v, want %v", phase, dst, got, c.want)
 			}
 		}
@@ -230,7 +236,7 @@ func TestTrafficThroughNode(t *testing.T) {
 		t.Fatalf("remove: %v", err)
 	}
 	for _, dst := range []string{"10.32.2.6:80", "10.32.2.6:81", "[fd00:2::6]:80", "[fd00:2::6]:81"} {
-		if !connects(t, podA, dst) {
+		if !connects(t, podA, dst, true) {
 			t.Errorf("after Remove: %s is still blocked", dst)
 		}
 	}
