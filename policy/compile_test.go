@@ -67,6 +67,7 @@ func TestCompile(t *testing.T) {
 			allow(tcp(xa, ya, 80)), // egress is not isolated
 			allow(tcp(ya, yb, 80)), // y is not selected
 			because(allow(tcp(nodeAddr, xa, 80)), "traffic from this node"),
+			because(allow(tcp(xa, xa, 80)), "talks to itself"),
 		}},
 		{"pod selector in the policy's namespace", tableInput(
 			mkPolicy("x", "from-b", sel("app", "a"), ingressRule(peers(podPeer(sel("app", "b")))))), []expect{

@@ -17,6 +17,9 @@ import (
 // refAllows reports whether pkt may pass this node.
 func refAllows(in Input, pkt Packet) bool {
 	src, dst := refPodByIP(in, pkt.Src), refPodByIP(in, pkt.Dst)
+	if src != nil && src == dst && src.Spec.NodeName == in.NodeName {
+		return true // within one pod: the packet never leaves it
+	}
 	if src != nil && src.Spec.NodeName == in.NodeName {
 		// Egress of the source: named ports resolve on the destination pod.
 		if !refDirectionAllows(in, src, networkingv1.PolicyTypeEgress, pkt.Dst, dst, dst, pkt) {

@@ -206,6 +206,9 @@ const (
 	AllowedFromNode
 	// DefaultDeny: Policies select the pod and none of their rules matched.
 	DefaultDeny
+	// Loopback: traffic from a pod to its own address never leaves the
+	// pod, so no policy applies.
+	Loopback
 )
 
 // Decision is the verdict of one direction.
@@ -228,6 +231,8 @@ func (d Decision) describe(dir Direction) string {
 		return fmt.Sprintf("%s of pod %s allowed by %s", dir, d.Pod, policyList(d.Policies))
 	case AllowedFromNode:
 		return fmt.Sprintf("%s of pod %s allowed: traffic from this node", dir, d.Pod)
+	case Loopback:
+		return fmt.Sprintf("%s: pod %s talks to itself", dir, d.Pod)
 	}
 	return fmt.Sprintf("default deny: pod %s is selected for %s by %s and no rule matched",
 		d.Pod, dir, policyList(d.Policies))
@@ -260,10 +265,16 @@ func (r Reason) String() string {
 // Allows evaluates the rule set for pkt as the kernel does for a new
 // connection: the source pod's egress rules and the destination pod's ingress
 // rules must both let it pass (a side that is not a local pod is not decided
-// here). It evaluates the merged entries (DirRules.Allow), and names the
+// here). A pod's traffic to its own address never leaves it and is allowed. It evaluates the merged entries (DirRules.Allow), and names the
 // policies from DirRules.Grants.
 func (rs RuleSet) Allows(pkt Packet) (bool, Reason) {
 	var r Reason
+	if pkt.Src == pkt.Dst {
+		if p := rs.podByIP(pkt.Src); p != nil {
+			d := Decision{Kind: Loopback, Pod: p.Key()}
+			return true, Reason{d, d}
+		}
+	}
 	if p := rs.podByIP(pkt.Src); p != nil {
 		r.Egress = decide(p, Egress, pkt.Dst, pkt)
 	}
