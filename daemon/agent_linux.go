@@ -53,15 +53,18 @@ type agent struct {
 	notReady   string
 	lastErr    string
 	peers      map[string]*knownPeer // by name; owned by the reconcile loop, read under mu
+	unreach    string                // the peers this node cannot reach directly, as published
 }
 
 // knownPeer is a member as the reconcile loop last saw it, kept for ReapTime
 // after it stopped answering.
 type knownPeer struct {
 	peer
-	Alive    bool
-	LastSeen time.Time
-	Endpoint string
+	Alive       bool
+	LastSeen    time.Time
+	Endpoint    string
+	Unreachable []string // the peers it reports it cannot reach directly
+	probe       pathProbe
 }
 
 // Run runs the node agent until ctx is done.
@@ -168,7 +171,7 @@ func (a *agent) setup() error {
 		mcfg.Key = a.secret.GossipKey()
 	}
 	mcfg.Seeds = cfg.Peers
-	mcfg.Meta = a.meta(netip.Addr{})
+	mcfg.Meta = a.meta(netip.Addr{}, "")
 	mcfg.Logger = a.log.With("part", "mesh")
 	mcfg.Delegate = allocDelegate{a.alloc, a.log}
 	if a.mesh, err = mesh.New(mcfg); err != nil {
@@ -207,13 +210,14 @@ func (a *agent) teardown() {
 	}
 }
 
-func (a *agent) meta(tunnelAddr netip.Addr) mesh.Meta {
+func (a *agent) meta(tunnelAddr netip.Addr, unreachable string) mesh.Meta {
 	return mesh.Meta{
-		Proto:      mesh.ProtoVersion,
-		Name:       a.cfg.NodeName,
-		PublicKey:  a.key.PublicKey(),
-		Endpoint:   a.endpoint,
-		TunnelAddr: tunnelAddr,
+		Proto:       mesh.ProtoVersion,
+		Name:        a.cfg.NodeName,
+		PublicKey:   a.key.PublicKey(),
+		Endpoint:    a.endpoint,
+		TunnelAddr:  tunnelAddr,
+		Unreachable: unreachable,
 	}
 }
 
@@ -253,8 +257,9 @@ func (a *agent) claimTunnelAddr(ctx context.Context) error {
 		if err == nil {
 			a.mu.Lock()
 			a.tunnelAddr = addr
+			unreach := a.unreach
 			a.mu.Unlock()
-			if err := a.mesh.SetMeta(a.meta(addr)); err != nil {
+			if err := a.mesh.SetMeta(a.meta(addr, unreach)); err != nil {
 				return fmt.Errorf("publish tunnel address: %w", err)
 			}
 			a.log.Info("tunnel address claimed", "addr", addr)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -20,10 +22,12 @@ func (a *agent) reconcileLoop(ctx context.Context) error {
 	mem := endpointMemory{}
 	tick := time.NewTicker(a.cfg.ResyncInterval)
 	defer tick.Stop()
-	// A short timer catches reaps and keeps a failed pass retried soon.
+	// A short timer judges the direct paths, catches reaps and retries a
+	// failed pass soon.
 	retry := time.NewTicker(2 * time.Second)
 	defer retry.Stop()
 	failed := false
+	events := a.mesh.Events()
 	for {
 		if err := a.reconcile(mem); err != nil {
 			if !failed {
@@ -45,15 +49,16 @@ func (a *agent) reconcileLoop(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev := <-a.mesh.Events():
+		case ev, ok := <-events:
+			if !ok {
+				events = nil // the mesh stopped; ctx ends next
+				continue
+			}
 			a.log.Debug("mesh event", "type", ev.Type, "peer", ev.Peer.Name)
 		case <-a.alloc.Changes():
 		case <-a.kick:
 		case <-tick.C:
 		case <-retry.C:
-			if !failed && !a.reapDue() {
-				continue
-			}
 		}
 	}
 }
@@ -79,6 +84,7 @@ func (a *agent) refreshPeers(now time.Time) {
 		kp.TunnelAddr = m.Meta.TunnelAddr
 		kp.Endpoint = m.Meta.Endpoint
 		kp.peer.Endpoint = resolveEndpoint(m.Meta.Endpoint)
+		kp.Unreachable = m.Meta.UnreachablePeers()
 		kp.Alive = true
 		kp.LastSeen = now
 	}
@@ -102,18 +108,6 @@ func (a *agent) forgetPeer(name string) {
 	delete(a.peers, name)
 	a.mu.Unlock()
 	a.trigger()
-}
-
-func (a *agent) reapDue() bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	now := time.Now()
-	for _, kp := range a.peers {
-		if !kp.Alive && now.Sub(kp.LastSeen) > a.cfg.ReapTime {
-			return true
-		}
-	}
-	return false
 }
 
 func resolveEndpoint(s string) *net.UDPAddr {
@@ -161,6 +155,10 @@ func (a *agent) reconcile(mem endpointMemory) error {
 	if err != nil {
 		return fmt.Errorf("read tunnel device: %w", err)
 	}
+	if err := a.judgePaths(dev.Peers, time.Now()); err != nil {
+		errs = append(errs, err)
+	}
+	v, self = a.view()
 	if dev.PrivateKey != a.key || dev.ListenPort != a.cfg.WGPort {
 		if err := a.tun.Configure(wgtypes.Config{PrivateKey: &a.key, ListenPort: &a.cfg.WGPort}); err != nil {
 			errs = append(errs, fmt.Errorf("set tunnel key and port: %w", err))
@@ -239,6 +237,86 @@ func (a *agent) ensureLink(link netlink.Link, self netip.Addr) error {
 		}
 	}
 	return nil
+}
+
+// judgePaths updates what the daemon knows of each direct path from the
+// device's counters, publishes the peers it cannot reach directly, picks a
+// relay for every pair that needs one, and re-arms the keepalive of relayed
+// peers so their direct path is tried again.
+func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
+	rx := make(map[wgtypes.Key]int64, len(devPeers))
+	for _, p := range devPeers {
+		rx[p.PublicKey] = p.ReceiveBytes
+	}
+	a.mu.Lock()
+	var unreachable, members []string
+	members = append(members, a.cfg.NodeName)
+	for name, kp := range a.peers {
+		if r, ok := rx[kp.PublicKey]; ok {
+			kp.probe.observe(r, now)
+		}
+		if !kp.Alive {
+			continue
+		}
+		members = append(members, name)
+		if !kp.probe.healthy(now) {
+			unreachable = append(unreachable, name)
+		}
+	}
+	slices.Sort(unreachable)
+	mine := strings.Join(unreachable, ",")
+	changed := mine != a.unreach
+	a.unreach = mine
+	tunnelAddr := a.tunnelAddr
+	lists := func(n string) []string {
+		if n == a.cfg.NodeName {
+			return unreachable
+		}
+		if kp := a.peers[n]; kp != nil {
+			return kp.Unreachable
+		}
+		return nil
+	}
+	var probe []wgtypes.Key
+	for name, kp := range a.peers {
+		via := ""
+		if kp.Alive {
+			via = chooseRelay(a.cfg.NodeName, name, members, lists)
+		}
+		if via != kp.RelayVia {
+			if via == "" {
+				a.log.Info("direct path works again", "peer", name)
+			} else {
+				a.log.Info("no direct path; relaying", "peer", name, "via", via)
+			}
+			kp.RelayVia = via
+		}
+		if via != "" && now.Sub(kp.probe.probed) >= relayProbe {
+			kp.probe.probed = now
+			probe = append(probe, kp.PublicKey)
+		}
+	}
+	a.mu.Unlock()
+
+	var errs []error
+	if changed {
+		if err := a.mesh.SetMeta(a.meta(tunnelAddr, mine)); err != nil {
+			errs = append(errs, fmt.Errorf("publish unreachable peers: %w", err))
+		}
+	}
+	// Turning a keepalive on sends one at once: a handshake on the direct
+	// path, which tells whether it works again.
+	for _, k := range probe {
+		for _, ka := range []time.Duration{0, keepalive} {
+			ka := ka
+			err := a.tun.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: k, UpdateOnly: true, PersistentKeepaliveInterval: &ka}}})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("probe direct path: %w", err))
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // meshBridge carries the allocator's messages over the mesh. The mesh is

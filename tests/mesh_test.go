@@ -59,7 +59,8 @@ func peersStatus(ctx context.Context, n *netlab.Node) (daemon.PeersStatus, error
 }
 
 // waitMesh waits until every node is ready and has every other node as a
-// live peer with a tunnel address, and returns each node's tunnel address.
+// live peer whose tunnel address its WireGuard entry routes, and returns
+// each node's tunnel address.
 func waitMesh(t *testing.T, ctx context.Context, nodes []*netlab.Node) map[string]netip.Addr {
 	t.Helper()
 	addrs := map[string]netip.Addr{}
@@ -79,7 +80,7 @@ func waitMesh(t *testing.T, ctx context.Context, nodes []*netlab.Node) map[strin
 			addrs[n.Name] = a
 			alive := 0
 			for _, p := range st.Peers {
-				if p.State == "alive" && p.TunnelAddr != "" {
+				if p.State == "alive" && p.TunnelAddr != "" && routes(p.AllowedIPs, p.TunnelAddr) {
 					alive++
 				}
 			}
@@ -90,6 +91,20 @@ func waitMesh(t *testing.T, ctx context.Context, nodes []*netlab.Node) map[strin
 		return nil
 	})
 	return addrs
+}
+
+// routes reports whether one of the prefixes holds addr.
+func routes(prefixes []string, addr string) bool {
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return false
+	}
+	for _, s := range prefixes {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // poll retries f until it succeeds or ctx ends.
