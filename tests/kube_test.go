@@ -1,0 +1,493 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/restmapper"
+
+	"github.com/weftnet/weft/kube"
+	"github.com/weftnet/weft/tests/kubelab"
+)
+
+// The daemon's identity in a cluster: the ServiceAccount of deploy/weft.yaml.
+const (
+	weftSAUser = "system:serviceaccount:kube-system:weft"
+	manifest   = "../deploy/weft.yaml"
+)
+
+var weftSAGroups = []string{"system:serviceaccounts", "system:serviceaccounts:kube-system"}
+
+// TestKubeAPI runs weft's Kubernetes side against a real kube-apiserver and
+// etcd: the manifest applied server-side, the RBAC it grants checked verb
+// by verb, and every write of package kube done as the weft ServiceAccount,
+// raced where only one writer may win. One API serves every subtest (it
+// takes a while to start on two cores); they run in order.
+func TestKubeAPI(t *testing.T) {
+	lab := kubelab.StartForTest(t, kubelab.Config{})
+	ctx := t.Context()
+	admin := lab.Clientset()
+
+	t.Run("manifest applies server-side", func(t *testing.T) {
+		objs := readManifest(t, manifest)
+		// Apply twice: a second apply of the same file changes nothing and
+		// is accepted as well.
+		for range 2 {
+			applyObjects(t, ctx, lab, objs)
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	saKubeconfig, err := lab.KubeconfigFor(weftSAUser, weftSAGroups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, _, err := kube.NewClient(saKubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("rbac grants what the daemon needs and no more", func(t *testing.T) {
+		checkRBAC(t, ctx, sa)
+	})
+
+	for i, ip := range []string{"172.30.0.1", "172.30.0.2", "172.30.0.3"} {
+		if err := lab.CreateNode(ctx, nodeName(i), netip.MustParseAddr(ip)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Run("own node annotations and condition", func(t *testing.T) {
+		info := kube.NodeInfo{PublicKey: "cHVibGljLWtleS1vZi1ub2RlLTAtMzItYnl0ZXMhIQ==", Endpoint: "172.30.0.1:6784", TunnelAddr: "10.32.0.1"}
+		for range 2 { // idempotent
+			if err := kube.PublishNode(ctx, sa, nodeName(0), info); err != nil {
+				t.Fatal(err)
+			}
+			if err := kube.SetNetworkAvailable(ctx, sa, nodeName(0)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		node, err := admin.CoreV1().Nodes().Get(ctx, nodeName(0), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, want := range map[string]string{
+			kube.AnnotationPublicKey: info.PublicKey, kube.AnnotationEndpoint: info.Endpoint, kube.AnnotationTunnelAddr: info.TunnelAddr,
+		} {
+			if got := node.Annotations[k]; got != want {
+				t.Errorf("annotation %s = %q, want %q", k, got, want)
+			}
+		}
+		conds := map[corev1.NodeConditionType]corev1.NodeCondition{}
+		for _, c := range node.Status.Conditions {
+			conds[c.Type] = c
+		}
+		if c := conds[corev1.NodeNetworkUnavailable]; c.Status != corev1.ConditionFalse || c.Reason != kube.ReasonWeftIsUp {
+			t.Errorf("NetworkUnavailable = %+v, want False/%s", c, kube.ReasonWeftIsUp)
+		}
+		if c := conds[corev1.NodeReady]; c.Status != corev1.ConditionTrue {
+			t.Errorf("the kubelet's Ready condition was lost: %+v", node.Status.Conditions)
+		}
+	})
+
+	t.Run("secret created once by racing daemons", func(t *testing.T) {
+		// Three daemons, each with its own client (own connections), as
+		// three processes started at once would be.
+		got := make([][]byte, 3)
+		var wg sync.WaitGroup
+		for i := range got {
+			client, _, err := kube.NewClient(saKubeconfig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wg.Go(func() {
+				s, err := kube.EnsureSecret(ctx, client, kube.Namespace)
+				if err != nil {
+					t.Errorf("daemon %d: %v", i, err)
+				}
+				got[i] = s
+			})
+		}
+		wg.Wait()
+		for i := range got {
+			if len(got[i]) < 16 || !bytes.Equal(got[i], got[0]) {
+				t.Fatalf("daemon %d has a secret of %d bytes unlike daemon 0's", i, len(got[i]))
+			}
+		}
+		stored, err := admin.CoreV1().Secrets(kube.Namespace).Get(ctx, kube.SecretName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(stored.Data[kube.SecretKey], got[0]) {
+			t.Error("the stored Secret differs from what the daemons use")
+		}
+		// A daemon started later reads the same value.
+		if s, err := kube.EnsureSecret(ctx, sa, ""); err != nil || !bytes.Equal(s, got[0]) {
+			t.Errorf("a later daemon: %v, same value %v", err, bytes.Equal(s, got[0]))
+		}
+	})
+
+	t.Run("genesis created once by racing daemons", func(t *testing.T) {
+		cidr := netip.MustParsePrefix("10.32.0.0/12")
+		got := make([][]string, 3)
+		var wg sync.WaitGroup
+		for i := range got {
+			wg.Go(func() {
+				// Each daemon offers a different list: itself only.
+				seed, err := kube.EnsureGenesis(ctx, sa, cidr, []string{nodeName(i)})
+				if err != nil {
+					t.Errorf("daemon %d: %v", i, err)
+				}
+				got[i] = seed
+			})
+		}
+		wg.Wait()
+		if len(got[0]) != 1 {
+			t.Fatalf("seed %v, want one node's name", got[0])
+		}
+		for i := range got {
+			if !slices.Equal(got[i], got[0]) {
+				t.Fatalf("daemon %d adopted seed %v, daemon 0 %v", i, got[i], got[0])
+			}
+		}
+		cm, err := admin.CoreV1().ConfigMaps(kube.Namespace).Get(ctx, kube.GenesisName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("genesis: %v", cm.Data)
+		if _, err := kube.EnsureGenesis(ctx, sa, netip.MustParsePrefix("10.100.0.0/16"), []string{"x"}); !errors.Is(err, kube.ErrGenesisMismatch) {
+			t.Errorf("a daemon with another --pod-cidr: %v, want ErrGenesisMismatch", err)
+		}
+	})
+
+	t.Run("reclaim claimed by exactly one of many", func(t *testing.T) {
+		const dead = "node-gone"
+		var mu sync.Mutex
+		var winners []string
+		var wg sync.WaitGroup
+		for i := range 5 {
+			self := "live-" + string(rune('a'+i))
+			client, _, err := kube.NewClient(saKubeconfig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wg.Go(func() {
+				won, err := kube.ClaimReclaim(ctx, client, dead, self)
+				if err != nil {
+					t.Errorf("%s: %v", self, err)
+				}
+				if won {
+					mu.Lock()
+					winners = append(winners, self)
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if len(winners) != 1 {
+			t.Fatalf("winners %v, want exactly one", winners)
+		}
+		if h, err := kube.ReclaimHolder(ctx, sa, dead); err != nil || h != winners[0] {
+			t.Errorf("holder %q, %v; want %s", h, err, winners[0])
+		}
+		if _, err := kube.ClaimReclaim(ctx, sa, nodeName(1), nodeName(0)); !errors.Is(err, kube.ErrNodeExists) {
+			t.Errorf("claim on a live Node: %v, want ErrNodeExists", err)
+		}
+		if err := kube.ReleaseReclaim(ctx, sa, dead); err != nil {
+			t.Fatal(err)
+		}
+		if won, err := kube.ClaimReclaim(ctx, sa, dead, "live-z"); !won || err != nil {
+			t.Errorf("claim after release: %v, %v", won, err)
+		}
+		if n, err := kube.PruneReclaims(ctx, sa, time.Nanosecond); err != nil || n != 1 {
+			t.Errorf("PruneReclaims = %d, %v; want 1", n, err)
+		}
+	})
+
+	t.Run("node watcher sees seeds, new nodes and deletions", func(t *testing.T) {
+		w, err := kube.NewNodes(kube.NodesConfig{Client: sa, Self: nodeName(0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- w.Run(wctx) }()
+		defer func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		}()
+		select {
+		case <-w.Synced():
+		case <-time.After(30 * time.Second):
+			t.Fatal("the Node list did not sync")
+		}
+		if got, want := w.Seeds(), []string{"172.30.0.2", "172.30.0.3"}; !slices.Equal(got, want) {
+			t.Errorf("Seeds = %v, want %v", got, want)
+		}
+		if err := lab.CreateNode(ctx, nodeName(3), netip.MustParseAddr("172.30.0.4")); err != nil {
+			t.Fatal(err)
+		}
+		waitChange(t, w, "a fourth Node", func() bool { return slices.Contains(w.Seeds(), "172.30.0.4") })
+		if err := lab.DeleteNode(ctx, nodeName(2)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case name := <-w.Deleted():
+			if name != nodeName(2) {
+				t.Errorf("Deleted = %q, want %s", name, nodeName(2))
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("no deletion seen")
+		}
+		if got, want := w.Seeds(), []string{"172.30.0.2", "172.30.0.4"}; !slices.Equal(got, want) {
+			t.Errorf("Seeds after deletion = %v, want %v", got, want)
+		}
+	})
+}
+
+func nodeName(i int) string { return "node-" + string(rune('0'+i)) }
+
+// waitChange waits on the watcher's Changes until cond holds.
+func waitChange(t *testing.T, w *kube.Nodes, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for !cond() {
+		select {
+		case <-w.Changes():
+		case <-deadline:
+			t.Fatalf("the watcher did not see %s: seeds %v", what, w.Seeds())
+		}
+	}
+}
+
+// readManifest decodes every object of a multi-document YAML file.
+func readManifest(t *testing.T, path string) []*unstructured.Unstructured {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dec := yaml.NewYAMLOrJSONDecoder(f, 4096)
+	var objs []*unstructured.Unstructured
+	for {
+		var obj unstructured.Unstructured
+		err := dec.Decode(&obj.Object)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("decode %s: %v", path, err)
+		}
+		if len(obj.Object) == 0 {
+			continue // an empty document
+		}
+		objs = append(objs, &obj)
+	}
+	var kinds []string
+	for _, o := range objs {
+		kinds = append(kinds, o.GetKind()+"/"+o.GetName())
+	}
+	want := []string{"ServiceAccount/weft", "ClusterRole/weft", "ClusterRoleBinding/weft", "Role/weft", "RoleBinding/weft", "DaemonSet/weft"}
+	if !slices.Equal(kinds, want) {
+		t.Errorf("%s holds %v, want %v", path, kinds, want)
+	}
+	return objs
+}
+
+// applyObjects applies objs server-side (not a dry run) with a field
+// manager, as `kubectl apply --server-side` does, then reads each back.
+func applyObjects(t *testing.T, ctx context.Context, lab *kubelab.Cluster, objs []*unstructured.Unstructured) {
+	t.Helper()
+	cfg := lab.RESTConfig()
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(lab.Clientset().Discovery()))
+	for _, obj := range objs {
+		gvk := obj.GroupVersionKind()
+		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			t.Fatalf("%s: %v", gvk, err)
+		}
+		var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
+		if m.Scope.Name() == meta.RESTScopeNameNamespace {
+			ri = dyn.Resource(m.Resource).Namespace(obj.GetNamespace())
+		}
+		if _, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "weft-test", Force: true}); err != nil {
+			t.Fatalf("server-side apply %s %s/%s: %v", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
+		}
+		got, err := ri.Get(ctx, obj.GetName(), metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("%s %s after apply: %v", gvk.Kind, obj.GetName(), err)
+		}
+		if got.GetUID() == "" {
+			t.Errorf("%s %s has no UID", gvk.Kind, obj.GetName())
+		}
+	}
+	// The DaemonSet as the API stored it: what the issue asks of it.
+	ds, err := lab.Clientset().AppsV1().DaemonSets("kube-system").Get(ctx, "weft", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := ds.Spec.Template.Spec
+	c := spec.Containers[0]
+	if !spec.HostNetwork || spec.PriorityClassName != "system-node-critical" || spec.ServiceAccountName != "weft" {
+		t.Errorf("pod spec: hostNetwork %v, priority class %q, service account %q", spec.HostNetwork, spec.PriorityClassName, spec.ServiceAccountName)
+	}
+	// Admission resolves the class for Pods, not for templates: it must exist.
+	if _, err := lab.Clientset().SchedulingV1().PriorityClasses().Get(ctx, spec.PriorityClassName, metav1.GetOptions{}); err != nil {
+		t.Errorf("priority class %s: %v", spec.PriorityClassName, err)
+	}
+	if len(spec.Tolerations) != 1 || spec.Tolerations[0].Operator != corev1.TolerationOpExists || spec.Tolerations[0].Key != "" {
+		t.Errorf("tolerations %+v, want one that tolerates every taint", spec.Tolerations)
+	}
+	if !strings.HasPrefix(c.Image, "ghcr.io/weftnet/weft:") {
+		t.Errorf("image %q", c.Image)
+	}
+	sc := c.SecurityContext
+	if sc == nil || (sc.Privileged != nil && *sc.Privileged) || sc.Capabilities == nil ||
+		!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "NET_RAW"}) {
+		t.Errorf("security context %+v", sc)
+	}
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" ||
+		c.ReadinessProbe.HTTPGet.Port.IntValue() != 6782 {
+		t.Errorf("probes: readiness %+v liveness %+v", c.ReadinessProbe, c.LivenessProbe)
+	}
+	if !slices.Contains(c.Args, "--install-cni") {
+		t.Errorf("args %v lack --install-cni", c.Args)
+	}
+	var hasNodeName bool
+	for _, e := range c.Env {
+		hasNodeName = hasNodeName || (e.Name == "WEFT_NODE_NAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName")
+	}
+	if !hasNodeName {
+		t.Errorf("env %+v lacks WEFT_NODE_NAME from spec.nodeName", c.Env)
+	}
+	paths := map[string]bool{}
+	for _, v := range spec.Volumes {
+		if v.HostPath != nil {
+			paths[v.HostPath.Path] = true
+		}
+	}
+	for _, p := range []string{"/opt/cni/bin", "/etc/cni/net.d", "/var/lib/weft", "/run/weft", "/var/run/wireguard", "/dev/net/tun"} {
+		if !paths[p] {
+			t.Errorf("no hostPath volume %s", p)
+		}
+	}
+	if ds.Spec.UpdateStrategy.Type != "RollingUpdate" || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
+		t.Errorf("update strategy %v, resources %+v", ds.Spec.UpdateStrategy.Type, c.Resources)
+	}
+}
+
+// access is one question to the authorizer.
+type access struct {
+	verb, group, resource, sub, ns, name string
+	allowed                              bool
+}
+
+// checkRBAC asks, as the weft ServiceAccount, for every verb the daemon
+// uses (allowed) and for neighbours it must not have (denied).
+func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
+	t.Helper()
+	const ks = "kube-system"
+	var checks []access
+	for _, v := range []string{"get", "list", "watch", "patch"} {
+		checks = append(checks, access{v, "", "nodes", "", "", "", true})
+	}
+	checks = append(checks, access{"patch", "", "nodes", "status", "", "node-0", true})
+	for _, v := range []string{"get", "list", "watch"} {
+		checks = append(checks,
+			access{v, "", "pods", "", "", "", true},
+			access{v, "", "pods", "", "default", "", true},
+			access{v, "", "namespaces", "", "", "", true},
+			access{v, "networking.k8s.io", "networkpolicies", "", "", "", true},
+		)
+	}
+	checks = append(checks,
+		access{"get", "", "secrets", "", ks, "weft", true},
+		access{"create", "", "secrets", "", ks, "", true},
+		access{"get", "", "configmaps", "", ks, "weft-ipam-genesis", true},
+		access{"create", "", "configmaps", "", ks, "", true},
+		access{"create", "coordination.k8s.io", "leases", "", ks, "", true},
+		access{"get", "coordination.k8s.io", "leases", "", ks, "weft-reclaim-x", true},
+		access{"list", "coordination.k8s.io", "leases", "", ks, "", true},
+		access{"delete", "coordination.k8s.io", "leases", "", ks, "weft-reclaim-x", true},
+
+		// What it must not do.
+		access{"delete", "", "nodes", "", "", "node-0", false},
+		access{"create", "", "nodes", "", "", "", false},
+		access{"update", "", "nodes", "", "", "node-0", false},
+		access{"update", "", "nodes", "status", "", "node-0", false},
+		access{"get", "", "secrets", "", "default", "weft", false},
+		access{"get", "", "secrets", "", ks, "other", false},
+		access{"list", "", "secrets", "", ks, "", false},
+		access{"list", "", "secrets", "", "", "", false},
+		access{"create", "", "secrets", "", "default", "", false},
+		access{"update", "", "secrets", "", ks, "weft", false},
+		access{"delete", "", "secrets", "", ks, "weft", false},
+		access{"get", "", "configmaps", "", ks, "other", false},
+		access{"update", "", "configmaps", "", ks, "weft-ipam-genesis", false},
+		access{"create", "", "configmaps", "", "default", "", false},
+		access{"create", "coordination.k8s.io", "leases", "", "default", "", false},
+		access{"update", "coordination.k8s.io", "leases", "", ks, "weft-reclaim-x", false},
+		access{"create", "", "pods", "", "default", "", false},
+		access{"delete", "", "pods", "", "default", "x", false},
+		access{"create", "", "pods", "exec", "default", "x", false},
+		access{"create", "", "serviceaccounts", "token", ks, "weft", false},
+		access{"create", "networking.k8s.io", "networkpolicies", "", "default", "", false},
+		access{"update", "apps", "daemonsets", "", ks, "weft", false},
+		access{"escalate", "rbac.authorization.k8s.io", "clusterroles", "", "", "weft", false},
+	)
+	for _, c := range checks {
+		review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: c.verb, Group: c.group, Resource: c.resource, Subresource: c.sub, Namespace: c.ns, Name: c.name,
+			},
+		}}
+		got, err := sa.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("SelfSubjectAccessReview: %v", err)
+		}
+		if got.Status.Allowed != c.allowed {
+			t.Errorf("can-i %s %s%s (group %q, namespace %q, name %q) = %v, want %v (%s)",
+				c.verb, c.resource, subSuffix(c.sub), c.group, c.ns, c.name, got.Status.Allowed, c.allowed, got.Status.Reason)
+		}
+	}
+	// And a real request, refused.
+	err := sa.CoreV1().Nodes().Delete(ctx, "node-0", metav1.DeleteOptions{})
+	if !apierrors.IsForbidden(err) {
+		t.Errorf("delete node as weft: %v, want Forbidden", err)
+	}
+}
+
+func subSuffix(sub string) string {
+	if sub == "" {
+		return ""
+	}
+	return "/" + sub
+}
