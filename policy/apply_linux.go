@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -31,6 +32,7 @@ type Applier struct {
 	// unknown. Apply diffs against it without reading the kernel; Sync
 	// reads the kernel.
 	written *kernelState
+	lastRS  *RuleSet // the rule set of desired
 	writes  uint64
 }
 
@@ -77,6 +79,10 @@ func (a *Applier) table() *nftables.Table {
 func (a *Applier) Apply(rs RuleSet) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.written != nil && a.lastRS != nil && reflect.DeepEqual(*a.lastRS, rs) {
+		return nil
+	}
+	a.lastRS = &rs
 	a.desired = render(rs, a.cfg)
 	if a.written == nil {
 		return a.sync()
@@ -518,7 +524,7 @@ func withSetIDs(exprs []expr.Any, ids map[string]uint32) []expr.Any {
 func (a *Applier) Remove() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.desired, a.written = nil, nil
+	a.desired, a.written, a.lastRS = nil, nil, nil
 	c, err := a.conn()
 	if err != nil {
 		return err
