@@ -47,8 +47,8 @@ func TestKubeAPI(t *testing.T) {
 	ctx := t.Context()
 	admin := lab.Clientset()
 
+	objs := readManifest(t, manifest)
 	t.Run("manifest applies server-side", func(t *testing.T) {
-		objs := readManifest(t, manifest)
 		// Apply twice: a second apply of the same file changes nothing and
 		// is accepted as well.
 		for range 2 {
@@ -266,6 +266,51 @@ func TestKubeAPI(t *testing.T) {
 			t.Errorf("Seeds after deletion = %v, want %v", got, want)
 		}
 	})
+
+	t.Run("uninstall as the README says", func(t *testing.T) {
+		uninstall(t, ctx, lab, objs)
+	})
+}
+
+// uninstall deletes what `kubectl delete -f deploy/weft.yaml` deletes and
+// the objects the daemons made, with the README's commands' selectors, and
+// checks nothing of weft is left in the API but the Node annotations.
+func uninstall(t *testing.T, ctx context.Context, lab *kubelab.Cluster, objs []*unstructured.Unstructured) {
+	t.Helper()
+	dyn, mapper := dynamicClient(t, lab)
+	for _, obj := range slices.Backward(objs) {
+		ri := resourceFor(t, dyn, mapper, obj)
+		err := ri.Delete(ctx, obj.GetName(), metav1.DeleteOptions{})
+		if err != nil {
+			t.Fatalf("delete %s %s: %v", obj.GetKind(), obj.GetName(), err)
+		}
+		// Gone, or (with a finalizer for the garbage collector, which
+		// kubelab does not run) being deleted.
+		got, err := ri.Get(ctx, obj.GetName(), metav1.GetOptions{})
+		if !apierrors.IsNotFound(err) && (err != nil || got.GetDeletionTimestamp() == nil) {
+			t.Errorf("%s %s still there after delete: %v", obj.GetKind(), obj.GetName(), err)
+		}
+	}
+	cs := lab.Clientset()
+	ks := kube.Namespace
+	if err := cs.CoreV1().Secrets(ks).Delete(ctx, kube.SecretName, metav1.DeleteOptions{}); err != nil {
+		t.Error(err)
+	}
+	if err := cs.CoreV1().ConfigMaps(ks).Delete(ctx, kube.GenesisName, metav1.DeleteOptions{}); err != nil {
+		t.Error(err)
+	}
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=weft"}
+	if err := cs.CoordinationV1().Leases(ks).DeleteCollection(ctx, metav1.DeleteOptions{}, sel); err != nil {
+		t.Error(err)
+	}
+	leases, err := cs.CoordinationV1().Leases(ks).List(ctx, sel)
+	if err != nil || len(leases.Items) != 0 {
+		t.Errorf("leases left: %v, %v", leases, err)
+	}
+	secrets, err := cs.CoreV1().Secrets(ks).List(ctx, sel)
+	if err != nil || len(secrets.Items) != 0 {
+		t.Errorf("secrets left: %v, %v", secrets, err)
+	}
 }
 
 func nodeName(i int) string { return "node-" + string(rune('0'+i)) }
@@ -322,22 +367,10 @@ func readManifest(t *testing.T, path string) []*unstructured.Unstructured {
 // manager, as `kubectl apply --server-side` does, then reads each back.
 func applyObjects(t *testing.T, ctx context.Context, lab *kubelab.Cluster, objs []*unstructured.Unstructured) {
 	t.Helper()
-	cfg := lab.RESTConfig()
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(lab.Clientset().Discovery()))
+	dyn, mapper := dynamicClient(t, lab)
 	for _, obj := range objs {
 		gvk := obj.GroupVersionKind()
-		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-		if err != nil {
-			t.Fatalf("%s: %v", gvk, err)
-		}
-		var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
-		if m.Scope.Name() == meta.RESTScopeNameNamespace {
-			ri = dyn.Resource(m.Resource).Namespace(obj.GetNamespace())
-		}
+		ri := resourceFor(t, dyn, mapper, obj)
 		if _, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "weft-test", Force: true}); err != nil {
 			t.Fatalf("server-side apply %s %s/%s: %v", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
 		}
@@ -402,6 +435,29 @@ func applyObjects(t *testing.T, ctx context.Context, lab *kubelab.Cluster, objs 
 	if ds.Spec.UpdateStrategy.Type != "RollingUpdate" || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Errorf("update strategy %v, resources %+v", ds.Spec.UpdateStrategy.Type, c.Resources)
 	}
+}
+
+func dynamicClient(t *testing.T, lab *kubelab.Cluster) (*dynamic.DynamicClient, meta.RESTMapper) {
+	t.Helper()
+	dyn, err := dynamic.NewForConfig(lab.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dyn, restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(lab.Clientset().Discovery()))
+}
+
+// resourceFor is the dynamic client of obj's resource (and namespace).
+func resourceFor(t *testing.T, dyn *dynamic.DynamicClient, mapper meta.RESTMapper, obj *unstructured.Unstructured) dynamic.ResourceInterface {
+	t.Helper()
+	gvk := obj.GroupVersionKind()
+	m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		t.Fatalf("%s: %v", gvk, err)
+	}
+	if m.Scope.Name() == meta.RESTScopeNameNamespace {
+		return dyn.Resource(m.Resource).Namespace(obj.GetNamespace())
+	}
+	return dyn.Resource(m.Resource)
 }
 
 // access is one question to the authorizer.
