@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +55,8 @@ type agent struct {
 	lastErr    string
 	peers      map[string]*knownPeer // by name; owned by the reconcile loop, read under mu
 	unreach    string                // the peers this node cannot reach directly, as published
+
+	savedMembers []string // gossip addresses last written to known-peers.json; reconcile loop only
 }
 
 // knownPeer is a member as the reconcile loop last saw it, kept for ReapTime
@@ -170,7 +173,9 @@ func (a *agent) setup() error {
 	if a.secret != nil {
 		mcfg.Key = a.secret.GossipKey()
 	}
-	mcfg.Seeds = cfg.Peers
+	// Seeds, then the members this node knew before a restart: they are
+	// tried too, so a restarted first node finds the others at once.
+	mcfg.Seeds = append(slices.Clone(cfg.Peers), loadKnownPeers(cfg.StateDir)...)
 	mcfg.Meta = a.meta(netip.Addr{}, "")
 	mcfg.Logger = a.log.With("part", "mesh")
 	mcfg.Delegate = allocDelegate{a.alloc, a.log}

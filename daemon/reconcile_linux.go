@@ -69,6 +69,7 @@ func (a *agent) reconcileLoop(ctx context.Context) error {
 func (a *agent) refreshPeers(now time.Time) {
 	members := a.mesh.Members()
 	ranges := a.alloc.Ranges()
+	a.rememberMembers(members)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	seen := map[string]bool{}
@@ -158,7 +159,9 @@ func (a *agent) reconcile(mem endpointMemory) error {
 	if err := a.judgePaths(dev.Peers, time.Now()); err != nil {
 		errs = append(errs, err)
 	}
-	v, self = a.view()
+	// The relays may have changed; the tunnel address stays the one the
+	// link was set up with in this pass.
+	v, _ = a.view()
 	if dev.PrivateKey != a.key || dev.ListenPort != a.cfg.WGPort {
 		if err := a.tun.Configure(wgtypes.Config{PrivateKey: &a.key, ListenPort: &a.cfg.WGPort}); err != nil {
 			errs = append(errs, fmt.Errorf("set tunnel key and port: %w", err))
