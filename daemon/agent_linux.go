@@ -21,6 +21,7 @@ import (
 	"github.com/weftnet/weft/crypto"
 	"github.com/weftnet/weft/ipalloc"
 	"github.com/weftnet/weft/mesh"
+	"github.com/weftnet/weft/policy"
 )
 
 // keepalive is the PersistentKeepalive every peer gets: it keeps NAT
@@ -57,6 +58,10 @@ type agent struct {
 	unreach    string                // the peers this node cannot reach directly, as published
 
 	savedMembers []string // gossip addresses last written to known-peers.json; reconcile loop only
+
+	applier       *policy.Applier // nil without Kubernetes
+	ruleSet       policy.RuleSet
+	policyApplied time.Time
 }
 
 // knownPeer is a member as the reconcile loop last saw it, kept for ReapTime

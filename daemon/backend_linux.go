@@ -166,7 +166,7 @@ func (a *agent) Status(section string) (any, error) {
 	case "ipam":
 		return a.alloc.Status(a.reachable), nil
 	case "policy":
-		return map[string]any{"policies": []any{}, "note": "NetworkPolicy is not enforced by this build"}, nil
+		return a.policyStatus()
 	case "":
 		p, err := a.peersStatus()
 		if err != nil {

@@ -1,0 +1,162 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/weftnet/weft/policy"
+)
+
+// policySync is how often the rules in the kernel are compared with the
+// wanted ones and repaired.
+const policySync = 30 * time.Second
+
+// policyDebounce gathers a burst of changes into one compile and apply.
+const policyDebounce = 50 * time.Millisecond
+
+// PolicyStatus is `weft status policy --json`.
+type PolicyStatus struct {
+	Enforcing bool                   `json:"enforcing"`
+	Reason    string                 `json:"reason,omitempty"` // why not enforcing
+	Policies  []policy.PolicySummary `json:"policies"`
+	Pods      []policy.PodSummary    `json:"pods"`
+	Drops     []policy.DropCount     `json:"drops"`
+	Warnings  []string               `json:"warnings,omitempty"`
+	Applied   string                 `json:"applied,omitempty"` // when the rules last changed, RFC 3339
+}
+
+// policyLoop watches Pods, Namespaces and NetworkPolicies through
+// informers and keeps the nftables rules of this node's pods in step: a
+// change is compiled and applied as one atomic batch, and a periodic sync
+// repairs drift. The rules stay when the daemon stops.
+func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) error {
+	f := informers.NewSharedInformerFactory(client, 0)
+	pods := f.Core().V1().Pods()
+	nss := f.Core().V1().Namespaces()
+	nps := f.Networking().V1().NetworkPolicies()
+	kick := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { poke() },
+		UpdateFunc: func(any, any) { poke() },
+		DeleteFunc: func(any) { poke() },
+	}
+	for _, inf := range []cache.SharedIndexInformer{pods.Informer(), nss.Informer(), nps.Informer()} {
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return fmt.Errorf("watch for NetworkPolicy: %w", err)
+		}
+	}
+	f.Start(ctx.Done())
+	defer f.Shutdown()
+	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+		if !ok && ctx.Err() == nil {
+			return fmt.Errorf("NetworkPolicy: the %v cache never synced", typ)
+		}
+	}
+	applier := policy.NewApplier(policy.Config{Logger: a.log.With("part", "policy")})
+	a.mu.Lock()
+	a.applier = applier
+	a.mu.Unlock()
+	sync := time.NewTicker(policySync)
+	defer sync.Stop()
+	poke()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-sync.C:
+			if err := applier.Sync(); err != nil {
+				a.log.Warn("repair NetworkPolicy rules", "err", err)
+			}
+			continue
+		case <-kick:
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(policyDebounce):
+		}
+		in := policy.Input{NodeName: a.cfg.NodeName, NodeAddrs: a.nodeAddrs()}
+		podList, _ := pods.Lister().List(labels.Everything())
+		nsList, _ := nss.Lister().List(labels.Everything())
+		npList, _ := nps.Lister().List(labels.Everything())
+		in.Pods = append([]*corev1.Pod(nil), podList...)
+		in.Namespaces = nsList
+		in.Policies = append([]*networkingv1.NetworkPolicy(nil), npList...)
+		rs := policy.Compile(in)
+		before := applier.Writes()
+		if err := applier.Apply(rs); err != nil {
+			a.log.Warn("apply NetworkPolicy rules; retrying", "err", err)
+			go func() {
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+					poke()
+				}
+			}()
+			continue
+		}
+		a.mu.Lock()
+		a.ruleSet = rs
+		if applier.Writes() != before || a.policyApplied.IsZero() {
+			a.policyApplied = time.Now()
+		}
+		a.mu.Unlock()
+	}
+}
+
+// nodeAddrs are this node's own addresses: traffic from them to local pods
+// (kubelet probes) is always allowed.
+func (a *agent) nodeAddrs() []netip.Addr {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := []netip.Addr{a.underlay.Addr}
+	if a.tunnelAddr.IsValid() {
+		out = append(out, a.tunnelAddr)
+	}
+	return out
+}
+
+func (a *agent) policyStatus() (PolicyStatus, error) {
+	a.mu.Lock()
+	applier, rs, applied := a.applier, a.ruleSet, a.policyApplied
+	a.mu.Unlock()
+	if applier == nil {
+		return PolicyStatus{Reason: "NetworkPolicy is enforced only with Kubernetes (--kubeconfig or in a pod)",
+			Policies: []policy.PolicySummary{}, Pods: []policy.PodSummary{}, Drops: []policy.DropCount{}}, nil
+	}
+	sum := rs.Summary()
+	st := PolicyStatus{Enforcing: true, Policies: sum.Policies, Pods: sum.Pods, Warnings: rs.Warnings}
+	if !applied.IsZero() {
+		st.Applied = applied.UTC().Format(time.RFC3339)
+	}
+	drops, err := applier.Drops()
+	if err != nil {
+		return st, fmt.Errorf("read drop counters: %w", err)
+	}
+	st.Drops = drops
+	if st.Policies == nil {
+		st.Policies = []policy.PolicySummary{}
+	}
+	if st.Pods == nil {
+		st.Pods = []policy.PodSummary{}
+	}
+	if st.Drops == nil {
+		st.Drops = []policy.DropCount{}
+	}
+	return st, nil
+}
