@@ -506,3 +506,30 @@ func (m *Mesh) Health() Health {
 		CoalescedEvents:   merged,
 	}
 }
+
+// Join tries to join the nodes at addrs ("host" or "host:port") that are
+// not members yet, for seeds learned while running (new Kubernetes Nodes).
+// It returns how many answered; none answering is not an error of its own.
+// It blocks for at most TCPTimeout per address.
+func (m *Mesh) Join(ctx context.Context, addrs []string) (int, error) {
+	targets, err := normalizeSeeds(addrs)
+	if err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	members := map[string]bool{m.local.String(): true}
+	for _, ap := range m.alive {
+		members[ap.String()] = true
+	}
+	m.mu.Unlock()
+	var todo []string
+	for _, t := range targets {
+		if !members[t] {
+			todo = append(todo, t)
+		}
+	}
+	if len(todo) == 0 {
+		return 0, nil
+	}
+	return m.joinEach(ctx, todo)
+}

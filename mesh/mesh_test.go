@@ -384,3 +384,16 @@ func TestRestartWithSameName(t *testing.T) {
 		})
 	}
 }
+
+func TestJoinLearnedSeeds(t *testing.T) {
+	a := startNode(t, testConfig(t, "a"))
+	b := startNode(t, testConfig(t, "b"))
+	n, err := a.Join(context.Background(), []string{b.addr(), a.addr()})
+	if err != nil || n != 1 {
+		t.Fatalf("Join = %d, %v; want 1 contacted (itself is skipped)", n, err)
+	}
+	waitFullMesh(t, converge, a, b)
+	if n, err := a.Join(context.Background(), []string{b.addr()}); n != 0 || err != nil {
+		t.Errorf("joining a member again = %d, %v; want nothing to do", n, err)
+	}
+}
