@@ -480,3 +480,101 @@ func TestIPAMStaleStateAfterReclaim(t *testing.T) {
 		t.Errorf("the restarted node holds %d allocations, want %d (old allocations in lost ranges dropped)", st.Allocations, want)
 	}
 }
+
+// A node out of space whose best donor is cut off from it (an asymmetric
+// partition: both still reach a third node, so the mesh keeps the donor
+// alive) gets space from another peer once the request to the donor times
+// out. Pods are added through libcni as a runtime would, retrying a failed
+// ADD, and must start within 30 s; nothing is handed out twice.
+func TestIPAMDonorUnreachable(t *testing.T) {
+	lab := newLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	nodes, _ := meshOf(t, ctx, lab, 3, "--pod-cidr", smallRange.String())
+	before := waitRings(t, ctx, nodes)
+	t.Logf("ring at start: %s", before)
+	// The needy node is the one with the least free space; its best donor
+	// the one with the most.
+	st, err := ipamStatus(ctx, nodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var needy, donor *netlab.Node
+	var least, most uint64
+	for _, ns := range st.Nodes {
+		if needy == nil || ns.Free < least {
+			needy, least = lab.Node(ns.Name), ns.Free
+		}
+		if donor == nil || ns.Free > most {
+			donor, most = lab.Node(ns.Name), ns.Free
+		}
+	}
+	// Use up the needy node's own space; no donation needed yet.
+	own, err := allocateMany(ctx, needy, "own", int(freeOf(t, ctx, needy)), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := freeOf(t, ctx, needy); f != 0 {
+		t.Fatalf("%s still has %d free addresses", needy.Name, f)
+	}
+	if err := lab.Cut(needy, donor); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s (full after %d allocations) is cut from %s (%d free); adding pods on %s", needy.Name, len(own.addrs), donor.Name, most, needy.Name)
+
+	const count = 5
+	pods := make([]*netlab.Pod, count)
+	attempts := make([]int, count)
+	lastErr := make([]error, count)
+	start := time.Now()
+	deadline, cancelDeadline := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelDeadline()
+	var wg sync.WaitGroup
+	for i := range count {
+		wg.Go(func() {
+			for deadline.Err() == nil {
+				attempts[i]++
+				p, err := needy.AddPod(ctx, netlab.PodConfig{Name: fmt.Sprintf("needy%d-try%d", i, attempts[i])})
+				if err == nil {
+					pods[i] = p
+					return
+				}
+				lastErr[i] = err
+			}
+		})
+	}
+	wg.Wait()
+	podAddrs := map[string]netip.Addr{}
+	for i, p := range pods {
+		if p == nil {
+			t.Errorf("pod %d did not start in 30 s on %s with %s cut off (%d ADDs); last error: %v", i, needy.Name, donor.Name, attempts[i], lastErr[i])
+			continue
+		}
+		podAddrs[p.Name] = p.IP()
+	}
+	t.Logf("%d of %d pods started in %v; ADD attempts per pod %v", len(podAddrs), count, time.Since(start).Round(time.Millisecond), attempts)
+	if n := strings.Count(needy.Log(), "cannot ask a peer for addresses") + strings.Count(needy.Log(), "no donation from peer in time"); n > 0 {
+		t.Logf("%s asked the unreachable %s %d times", needy.Name, donor.Name, n)
+	}
+	other, err := allocateMany(ctx, donor, "donor", 50, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := lab.Heal(needy, donor); err != nil {
+		t.Fatal(err)
+	}
+	waitMesh(t, ctx, nodes)
+	final := waitRings(t, ctx, nodes)
+	t.Logf("ring after healing: %s", final)
+	distinct(t, own.addrs, podAddrs, other.addrs)
+	for node, batch := range map[string][]map[string]netip.Addr{needy.Name: {own.addrs, podAddrs}, donor.Name: {other.addrs}} {
+		for _, b := range batch {
+			for k, a := range b {
+				if o := final.ownerOf(a); o != node {
+					t.Errorf("%s handed out %s (%s), which the ring gives to %q", node, a, k, o)
+				}
+			}
+		}
+	}
+}
