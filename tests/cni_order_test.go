@@ -1,0 +1,128 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/cniplugin"
+	"github.com/weftnet/weft/netlab"
+)
+
+// The orders of calls a runtime makes: ADD again for the same attachment
+// gives the same result, DEL is idempotent, CHECK reports a pod whose
+// network was changed, and STATUS fails while the daemon has no address
+// space.
+func TestCNIRepeatedCalls(t *testing.T) {
+	lab := newLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nodes, _ := meshOf(t, ctx, lab, 1)
+	n := nodes[0]
+	base := steadySnapshot(t, ctx, n)
+	cni := n.CNIConfig()
+
+	a, err := n.AddPod(ctx, netlab.PodConfig{Name: "again"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	with := steadySnapshot(t, ctx, n)
+	res, err := cni.AddNetworkList(ctx, a.NetConfList(), a.RuntimeConf())
+	if err != nil {
+		t.Fatalf("ADD again for the same attachment: %v", err)
+	}
+	r, err := types100.NewResultFromResult(res)
+	if err != nil || len(r.IPs) == 0 || r.IPs[0].Address.IP.String() != a.IP().String() {
+		t.Errorf("ADD again gave %v (%v), first ADD %s", res, err, a.IP())
+	}
+	if err := a.Check(ctx); err != nil {
+		t.Errorf("CHECK after a second ADD: %v", err)
+	}
+	if again, err := snapshot(ctx, n); err != nil {
+		t.Fatal(err)
+	} else if d := with.diff(again); d != "" {
+		t.Errorf("the second ADD changed the node:\n%s", d)
+	}
+
+	for i := range 3 {
+		if err := cni.DelNetworkList(ctx, a.NetConfList(), a.RuntimeConf()); err != nil {
+			t.Errorf("DEL number %d: %v", i+1, err)
+		}
+	}
+	if err := a.Delete(ctx); err != nil {
+		t.Errorf("DEL and netns removal after three DELs: %v", err)
+	}
+	if after, err := snapshot(ctx, n); err != nil {
+		t.Fatal(err)
+	} else if d := base.diff(after); d != "" {
+		t.Errorf("the node differs after ADD, ADD, DEL x4:\n%s", d)
+	}
+
+	// CHECK finds a pod whose default route is gone.
+	b, err := n.AddPod(ctx, netlab.PodConfig{Name: "changed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := netns.GetFromPath(b.Netns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	_, all, _ := net.ParseCIDR("0.0.0.0/0")
+	routes, err := nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: all}, netlink.RT_FILTER_DST)
+	if err != nil || len(routes) == 0 {
+		t.Fatalf("the pod has no default route: %v", err)
+	}
+	for _, rt := range routes {
+		if err := nl.RouteDel(&rt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err = b.Check(ctx)
+	var ce *types.Error
+	if !errors.As(err, &ce) || ce.Code != uint(cniplugin.ErrCheckMismatch) {
+		t.Errorf("CHECK of a pod without its default route: %v; want code %d", err, cniplugin.ErrCheckMismatch)
+	} else {
+		t.Logf("CHECK says: %s", ce.Msg)
+	}
+	if err := b.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// A daemon with no address space yet (not in the seed list, alone):
+	// STATUS fails with code 50 and says why.
+	lone, err := lab.AddNode(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lone.StartDaemon("--peers", lone.Addr.String(), "--ipalloc-init", "seed=somebody-else",
+		"--wg-mode", "userspace", "--metrics-addr", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := lone.WaitSocket(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var ready api.Ready
+	poll(t, ctx, func() error {
+		return daemonAPI(lone).Do(ctx, http.MethodGet, api.PathReady, nil, &ready)
+	})
+	if ready.Ready {
+		t.Fatalf("a daemon outside the seed list, alone, says it is ready")
+	}
+	st := runPlugin(t, ctx, lab, lone, map[string]string{"CNI_COMMAND": "STATUS"}, pluginConf("1.1.0", lone.SocketPath(), nil))
+	checkCNIError(t, st, types.ErrPluginNotAvailable, "not ready")
+}
