@@ -282,13 +282,18 @@ func checkCNIError(t *testing.T, r pluginRun, code uint, says ...string) {
 }
 
 // The daemon killed between ADD and DEL: DEL succeeds and removes the link,
-// and the daemon, back, frees the address of the pod that is gone.
+// and the daemon, back, frees the address of the pod that is gone (and
+// only that: a pod that is still there keeps its address).
 func TestCNIDaemonKilledBetweenAddAndDel(t *testing.T) {
 	lab := newLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	nodes, _ := meshOf(t, ctx, lab, 1)
 	n := nodes[0]
+	live, err := n.AddPod(ctx, netlab.PodConfig{Name: "live"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	pod, err := n.AddPod(ctx, netlab.PodConfig{Name: "orphan"})
 	if err != nil {
 		t.Fatal(err)
@@ -335,8 +340,12 @@ func TestCNIDaemonKilledBetweenAddAndDel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Allocations != 1 {
-		t.Errorf("the daemon holds %d allocations, want 1 (its tunnel address)", st.Allocations)
+	if st.Allocations != 2 {
+		t.Errorf("the daemon holds %d allocations, want 2 (its tunnel address and the live pod)", st.Allocations)
+	}
+	// The sweep left the pod that is still there alone.
+	if err := live.Check(ctx); err != nil {
+		t.Errorf("CHECK of the live pod after the sweep freed the other: %v", err)
 	}
 }
 
