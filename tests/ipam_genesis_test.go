@@ -79,3 +79,50 @@ func TestIPAMDifferentGenesisRefused(t *testing.T) {
 		t.Errorf("allocate on %s with the odd node around: %v", nodes[1].Name, err)
 	}
 }
+
+// A node that is not in the seed list joins a running mesh: it starts with
+// no space, gets a donation on its first allocation, and meshes.
+func TestIPAMNodeOutsideGenesis(t *testing.T) {
+	lab := newLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nodes, _ := meshOf(t, ctx, lab, 3)
+	before, err := allocateMany(ctx, nodes[0], "seeded", 20, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late, err := lab.AddNode(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := late.StartDaemon(seedArgs(nodes[0], nodes)...); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	if err := late.WaitSocket(ctx); err != nil {
+		t.Fatal(err)
+	}
+	all := append(append([]*netlab.Node(nil), nodes...), late)
+	tunnel := waitMesh(t, ctx, all)
+	t.Logf("the late node meshed %v after start with tunnel address %s", time.Since(started).Round(time.Millisecond), tunnel[late.Name])
+	got, err := allocateMany(ctx, late, "late", 20, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("20 allocations on the late node in %v (%d retries while not ready)", got.took.Round(time.Millisecond), got.retries)
+	final := waitRings(t, ctx, all)
+	t.Logf("ring: %s", final)
+	if len(final[late.Name]) == 0 {
+		t.Errorf("the late node owns nothing after allocating")
+	}
+	distinct(t, before.addrs, got.addrs)
+	for k, a := range got.addrs {
+		if o := final.ownerOf(a); o != late.Name {
+			t.Errorf("the late node handed out %s (%s), which the ring gives to %q", a, k, o)
+		}
+	}
+	if o := final.ownerOf(tunnel[late.Name]); o != late.Name {
+		t.Errorf("the late node's tunnel address %s is owned by %q", tunnel[late.Name], o)
+	}
+	pingAll(t, ctx, all, tunnel)
+}
