@@ -267,6 +267,65 @@ func TestKubeAPI(t *testing.T) {
 		}
 	})
 
+	t.Run("reclaimers on three nodes reclaim a deleted Node once", func(t *testing.T) {
+		rctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		defer func() { cancel(); wg.Wait() }()
+		var mu sync.Mutex
+		var reclaims []string
+		decided := make(chan bool, 3)
+		for i := range 3 {
+			self := nodeName(i)
+			client, _, err := kube.NewClient(saKubeconfig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nodes, err := kube.NewNodes(kube.NodesConfig{Client: client, Self: self})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := kube.NewReclaimer(kube.ReclaimerConfig{
+				Client: client, Self: self, Nodes: nodes,
+				Reclaim: func(_ context.Context, node string) error {
+					mu.Lock()
+					defer mu.Unlock()
+					reclaims = append(reclaims, self+" reclaimed "+node)
+					return nil
+				},
+				Done: func(_ string, reclaimed bool) { decided <- reclaimed },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			wg.Go(func() { nodes.Run(rctx) })
+			wg.Go(func() { r.Run(rctx) })
+			<-nodes.Synced()
+		}
+		if err := lab.DeleteNode(ctx, nodeName(3)); err != nil {
+			t.Fatal(err)
+		}
+		// Every reclaimer decides, and exactly one of them reclaimed.
+		var won int
+		for range 3 {
+			select {
+			case r := <-decided:
+				if r {
+					won++
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("not every reclaimer decided on the deleted Node")
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if won != 1 || len(reclaims) != 1 {
+			t.Errorf("%d reclaimed, reclaims %v; want exactly one", won, reclaims)
+		}
+		if h, err := kube.ReclaimHolder(ctx, admin, nodeName(3)); err != nil || !strings.HasPrefix(reclaims[0], h+" ") {
+			t.Errorf("claim held by %q (%v), reclaims %v", h, err, reclaims)
+		}
+	})
+
 	t.Run("uninstall as the README says", func(t *testing.T) {
 		uninstall(t, ctx, lab, objs)
 	})
