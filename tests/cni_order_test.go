@@ -3,8 +3,10 @@ package tests
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/api"
 	"github.com/weftnet/weft/cniplugin"
@@ -125,4 +128,51 @@ func TestCNIRepeatedCalls(t *testing.T) {
 	}
 	st := runPlugin(t, ctx, lab, lone, map[string]string{"CNI_COMMAND": "STATUS"}, pluginConf("1.1.0", lone.SocketPath(), nil))
 	checkCNIError(t, st, types.ErrPluginNotAvailable, "not ready")
+}
+
+// DEL succeeds when the pod's netns is already gone and when the daemon no
+// longer holds the allocation, and the node ends as before.
+func TestCNIDelAfterNetnsOrAllocationGone(t *testing.T) {
+	lab := newLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nodes, _ := meshOf(t, ctx, lab, 1)
+	n := nodes[0]
+	base := steadySnapshot(t, ctx, n)
+
+	gone, err := n.AddPod(ctx, netlab.PodConfig{Name: "netns-gone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Unmount(gone.Netns, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(gone.Netns); err != nil {
+		t.Fatal(err)
+	}
+	if err := gone.Delete(ctx); err != nil {
+		t.Errorf("DEL with the netns gone: %v", err)
+	}
+
+	lost, err := n.AddPod(ctx, netlab.PodConfig{Name: "allocation-gone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := daemonAPI(n).Do(ctx, http.MethodPost, api.PathCNIRelease,
+		api.Attachment{ContainerID: lost.ContainerID, IfName: lost.IfName}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := lost.Delete(ctx); err != nil {
+		t.Errorf("DEL with the allocation gone: %v", err)
+	}
+	poll(t, ctx, func() error {
+		s, err := snapshot(ctx, n)
+		if err != nil {
+			return err
+		}
+		if d := base.diff(s); d != "" {
+			return fmt.Errorf("the node is not as before:\n%s", d)
+		}
+		return nil
+	})
 }
