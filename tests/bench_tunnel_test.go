@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,15 +25,18 @@ import (
 // The data-path benchmark: node1 sends to node2 over the plain underlay,
 // over standalone wireguard-go tunnels (Debian's package and the upstream
 // build of the version weft embeds), and over weft (node to node, and pod to
-// pod), all in one lab, one path after the other, with the same tools:
+// pod), all set up at once in one lab, with the same tools:
 //
 //	iperf3 -c DST -t 5 -P 1|4 -J   (TCP, Gbit/s received)
 //	ping -c 20 -i 0.05 -q DST      (average RTT, ms)
 //
-// Every sub-benchmark is one path; a round of it is one measurement of
-// each, and -benchtime Nx takes the median of N rounds. The last
-// sub-benchmark, weft-vs, reports weft's ratios to the underlay and to the
-// upstream standalone wireguard-go. BENCHMARKS.md has the numbers.
+// The machine is shared, so load drifts from minute to minute: a round
+// measures every path one after the other (in an order that rotates from
+// round to round), ratios are taken within a round, between measurements
+// seconds apart, and the median over rounds is reported. Each sub-benchmark
+// is one measure (tcp-1stream, tcp-4streams, rtt) with one metric per path
+// plus weft's ratios; -benchtime Nx gives N rounds. BENCHMARKS.md has the
+// numbers.
 
 // benchMTU is the tunnel MTU of every tunnel measured: weft's own default
 // on the lab's underlay (1500 minus 80), given to the standalone tunnels too
@@ -42,15 +46,35 @@ const benchMTU = 1420
 // benchIperfSeconds is the length of one iperf3 run.
 const benchIperfSeconds = 5
 
-// pathStats are the medians of the rounds of one path.
-type pathStats struct {
-	gbit1, gbit4, rttMs float64
-}
-
 // benchPath is a way from a sender to a receiver's address.
 type benchPath struct {
-	run func(ctx context.Context, name string, args ...string) ([]byte, error) // at the sender
-	dst netip.Addr
+	name string                                                                 // metric suffix
+	run  func(ctx context.Context, name string, args ...string) ([]byte, error) // at the sender
+	dst  netip.Addr
+	pids []int // the tunnel's processes on both ends (none: the kernel's)
+}
+
+// benchSample is one measurement on one path.
+type benchSample struct {
+	value    float64
+	cpuPerGB float64 // CPU seconds of the path's processes per GB received; 0: not measured
+}
+
+// benchMeasure is one thing measured on every path, and how weft is
+// compared with another path (a ratio, a difference).
+type benchMeasure struct {
+	name, unit string
+	measure    func(*testing.B, context.Context, benchPath) benchSample
+	cmpUnit    string
+	compare    func(weft, other float64) float64
+}
+
+var benchMeasures = []benchMeasure{
+	{"tcp-1stream", "Gbit/s", func(b *testing.B, ctx context.Context, p benchPath) benchSample { return iperf(b, ctx, p, 1) },
+		"x", func(w, o float64) float64 { return w / o }},
+	{"tcp-4streams", "Gbit/s", func(b *testing.B, ctx context.Context, p benchPath) benchSample { return iperf(b, ctx, p, 4) },
+		"x", func(w, o float64) float64 { return w / o }},
+	{"rtt", "ms", pingAvg, "ms-more", func(w, o float64) float64 { return w - o }},
 }
 
 // wireguardGoUpstream is the upstream standalone wireguard-go that
@@ -76,7 +100,7 @@ func BenchmarkTunnel(b *testing.B) {
 	}
 	weft := needWeft(b)
 	lab := netlab.NewForTest(b, netlab.Config{WeftBinary: weft})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Minute)
 	defer cancel()
 	nodes, err := lab.AddNodes(0, 2)
 	if err != nil {
@@ -86,86 +110,72 @@ func BenchmarkTunnel(b *testing.B) {
 	if _, err := dst.Spawn(ctx, "iperf3", "-s"); err != nil {
 		b.Fatal(err)
 	}
-	results := map[string]pathStats{}
-	measure := func(name string, p benchPath) {
-		b.Run(name, func(b *testing.B) {
-			st := measurePath(b, ctx, p)
-			results[name] = st
-			reportPath(b, st)
-		})
-	}
-
-	measure("underlay", benchPath{run: src.Exec, dst: dst.Addr})
+	paths := []benchPath{{name: "underlay", run: src.Exec, dst: dst.Addr}}
 
 	standalone := []struct{ name, bin, hint string }{
-		{"wireguard-go-debian", "/usr/bin/wireguard-go", "apt-get install wireguard-go"},
-		{"wireguard-go-upstream", wireguardGoUpstream(), "scripts/build-wireguard-go, or make bench"},
+		{"debian", "/usr/bin/wireguard-go", "apt-get install wireguard-go"},
+		{"upstream", wireguardGoUpstream(), "scripts/build-wireguard-go, or make bench"},
 	}
 	for i, s := range standalone {
-		reason := ""
 		if _, err := exec.LookPath("wg"); err != nil {
-			reason = "needs wg (apt-get install wireguard-tools)"
-		} else if _, err := os.Stat(s.bin); err != nil {
-			reason = fmt.Sprintf("needs %s (%s)", s.bin, s.hint)
-		}
-		if reason != "" {
-			b.Run(s.name, func(b *testing.B) { b.Skip(reason) })
+			b.Run("wireguard-go-"+s.name, func(b *testing.B) { b.Skip("needs wg (apt-get install wireguard-tools)") })
 			continue
 		}
-		iface := fmt.Sprintf("wgb%d", i)
-		addrs, stop := startStandalone(b, ctx, nodes, s.bin, iface, 51820+i, byte(201+i))
-		measure(s.name, benchPath{run: src.Exec, dst: addrs[1]})
-		stop()
+		if _, err := os.Stat(s.bin); err != nil {
+			b.Run("wireguard-go-"+s.name, func(b *testing.B) { b.Skipf("needs %s (%s)", s.bin, s.hint) })
+			continue
+		}
+		addrs, pids := startStandalone(b, ctx, nodes, s.bin, fmt.Sprintf("wgb%d", i), 51820+i, byte(201+i))
+		paths = append(paths, benchPath{name: s.name, run: src.Exec, dst: addrs[1], pids: pids})
 	}
 
 	tunnel := startWeft(b, ctx, nodes)
-	measure("weft", benchPath{run: src.Exec, dst: tunnel[dst.Name]})
+	daemons := []int{src.DaemonPID(), dst.DaemonPID()}
+	paths = append(paths, benchPath{name: "weft", run: src.Exec, dst: tunnel[dst.Name], pids: daemons})
 	pods := benchPods(b, ctx, nodes)
 	if _, err := pods[1].Spawn(ctx, "iperf3", "-s"); err != nil {
 		b.Fatal(err)
 	}
-	measure("weft-pods", benchPath{run: pods[0].Exec, dst: pods[1].IP()})
-
-	b.Run("weft-vs", func(b *testing.B) {
-		w, ok := results["weft"]
-		if !ok {
-			b.Skip("no weft results")
-		}
-		report := func(base string, unitSuffix string) {
-			o, ok := results[base]
-			if !ok || o.gbit1 == 0 || o.gbit4 == 0 {
-				return
-			}
-			b.ReportMetric(w.gbit1/o.gbit1, "x-"+unitSuffix+"-1stream")
-			b.ReportMetric(w.gbit4/o.gbit4, "x-"+unitSuffix+"-4streams")
-			b.ReportMetric(w.rttMs-o.rttMs, "ms-rtt-over-"+unitSuffix)
-		}
-		report("underlay", "underlay")
-		report("wireguard-go-upstream", "upstream")
-		report("wireguard-go-debian", "debian")
-		if u, ok := results["wireguard-go-upstream"]; ok && w.gbit1 < 0.9*u.gbit1 {
-			b.Logf("weft single-stream %.2f Gbit/s is below upstream standalone wireguard-go's %.2f", w.gbit1, u.gbit1)
-		}
-	})
-}
-
-func reportPath(b *testing.B, st pathStats) {
-	b.ReportMetric(st.gbit1, "Gbit/s-1stream")
-	b.ReportMetric(st.gbit4, "Gbit/s-4streams")
-	b.ReportMetric(st.rttMs, "ms-rtt")
-}
-
-// measurePath measures p b.N times and returns the medians.
-func measurePath(b *testing.B, ctx context.Context, p benchPath) pathStats {
-	b.Helper()
-	waitReach(b, ctx, p)
-	var g1, g4, rtt []float64
-	for i := 0; i < b.N; i++ {
-		g1 = append(g1, iperf(b, ctx, p, 1))
-		g4 = append(g4, iperf(b, ctx, p, 4))
-		rtt = append(rtt, pingAvg(b, ctx, p))
+	paths = append(paths, benchPath{name: "weft-pods", run: pods[0].Exec, dst: pods[1].IP(), pids: daemons})
+	for _, p := range paths {
+		waitReach(b, ctx, p)
 	}
-	return pathStats{gbit1: median(g1), gbit4: median(g4), rttMs: median(rtt)}
+
+	for _, m := range benchMeasures {
+		b.Run(m.name, func(b *testing.B) {
+			values := map[string][]float64{} // metric unit -> one value per round
+			for round := 0; round < b.N; round++ {
+				got := map[string]benchSample{}
+				for i := range paths {
+					p := paths[(i+round)%len(paths)]
+					s := m.measure(b, ctx, p)
+					got[p.name] = s
+					unit := m.unit + "-" + p.name
+					values[unit] = append(values[unit], s.value)
+					if s.cpuPerGB > 0 {
+						unit := "cpu-s/GB-" + p.name
+						values[unit] = append(values[unit], s.cpuPerGB)
+					}
+				}
+				w := got["weft"]
+				for _, base := range []string{"underlay", "upstream", "debian"} {
+					o, ok := got[base]
+					if !ok {
+						continue
+					}
+					unit := m.cmpUnit + "-weft-vs-" + base
+					values[unit] = append(values[unit], m.compare(w.value, o.value))
+					if w.cpuPerGB > 0 && o.cpuPerGB > 0 {
+						unit := "x-cpu-weft-vs-" + base
+						values[unit] = append(values[unit], w.cpuPerGB/o.cpuPerGB)
+					}
+				}
+			}
+			for unit, v := range values {
+				b.ReportMetric(median(v), unit)
+			}
+		})
+	}
 }
 
 func median(v []float64) float64 {
@@ -197,6 +207,7 @@ func waitReach(b *testing.B, ctx context.Context, p benchPath) {
 type iperf3Report struct {
 	End struct {
 		SumReceived struct {
+			Bytes         float64 `json:"bytes"`
 			BitsPerSecond float64 `json:"bits_per_second"`
 		} `json:"sum_received"`
 	} `json:"end"`
@@ -204,12 +215,14 @@ type iperf3Report struct {
 }
 
 // iperf runs one iperf3 TCP test of streams parallel streams and returns the
-// received Gbit/s. The server may still be closing the previous test: a busy
-// server is asked again.
-func iperf(b *testing.B, ctx context.Context, p benchPath, streams int) float64 {
+// received Gbit/s, and the CPU time the tunnel's processes spent per GB. The
+// server may still be closing the previous test: a busy server is asked
+// again.
+func iperf(b *testing.B, ctx context.Context, p benchPath, streams int) benchSample {
 	b.Helper()
 	var last error
 	for try := 0; try < 5; try++ {
+		cpu0 := cpuSeconds(b, p.pids)
 		out, err := p.run(ctx, "iperf3", "-c", p.dst.String(), "-t", strconv.Itoa(benchIperfSeconds),
 			"-P", strconv.Itoa(streams), "-J")
 		var r iperf3Report
@@ -222,7 +235,11 @@ func iperf(b *testing.B, ctx context.Context, p benchPath, streams int) float64 
 		} else if r.End.SumReceived.BitsPerSecond <= 0 {
 			last = fmt.Errorf("iperf3 reports no bytes received: %s", out)
 		} else {
-			return r.End.SumReceived.BitsPerSecond / 1e9
+			s := benchSample{value: r.End.SumReceived.BitsPerSecond / 1e9}
+			if len(p.pids) > 0 && r.End.SumReceived.Bytes > 0 {
+				s.cpuPerGB = (cpuSeconds(b, p.pids) - cpu0) / (r.End.SumReceived.Bytes / 1e9)
+			}
+			return s
 		}
 		if !strings.Contains(last.Error(), "busy") {
 			break
@@ -230,14 +247,46 @@ func iperf(b *testing.B, ctx context.Context, p benchPath, streams int) float64 
 		time.Sleep(time.Second) // the server frees itself; nothing to poll
 	}
 	b.Fatalf("iperf3 -P %d to %s: %v", streams, p.dst, last)
-	return 0
+	return benchSample{}
+}
+
+// clockTicks is USER_HZ, the unit of times in /proc/PID/stat: 100 on every
+// Linux architecture Go supports.
+const clockTicks = 100
+
+// cpuSeconds is the user and system CPU time the processes pids have used,
+// all their threads together.
+func cpuSeconds(b *testing.B, pids []int) float64 {
+	b.Helper()
+	var total float64
+	for _, pid := range pids {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			b.Fatalf("CPU time of pid %d: %v", pid, err)
+		}
+		// The command name (field 2) may hold spaces; fields after it
+		// start behind its closing parenthesis: utime and stime are the
+		// 12th and 13th of them.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 13 {
+			b.Fatalf("CPU time of pid %d: short /proc/%d/stat", pid, pid)
+		}
+		for _, v := range f[11:13] {
+			t, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				b.Fatalf("CPU time of pid %d: %v", pid, err)
+			}
+			total += float64(t) / clockTicks
+		}
+	}
+	return total
 }
 
 // pingRTT matches ping's summary: rtt min/avg/max/mdev = a/b/c/d ms.
 var pingRTT = regexp.MustCompile(`= [0-9.]+/([0-9.]+)/[0-9.]+/[0-9.]+ ms`)
 
 // pingAvg returns the average RTT in ms of 20 pings 50 ms apart.
-func pingAvg(b *testing.B, ctx context.Context, p benchPath) float64 {
+func pingAvg(b *testing.B, ctx context.Context, p benchPath) benchSample {
 	b.Helper()
 	out, err := p.run(ctx, "ping", "-c", "20", "-i", "0.05", "-q", p.dst.String())
 	if err != nil {
@@ -251,18 +300,20 @@ func pingAvg(b *testing.B, ctx context.Context, p benchPath) float64 {
 	if err != nil {
 		b.Fatalf("ping %s: %v", p.dst, err)
 	}
-	return v
+	return benchSample{value: v}
 }
 
 // startStandalone runs `wireguard-go -f iface` (bin) in both nodes, peered
 // with each other on port over the underlay, addressed 10.<net>.0.<i+1>/24
 // with benchMTU, as an operator would with wg and ip. It returns the tunnel
-// addresses and a function that stops both devices.
-func startStandalone(b *testing.B, ctx context.Context, nodes []*netlab.Node, bin, iface string, port int, subnet byte) ([]netip.Addr, func()) {
+// addresses and the processes' pids; the devices run until the lab is
+// closed.
+func startStandalone(b *testing.B, ctx context.Context, nodes []*netlab.Node, bin, iface string, port int, subnet byte) ([]netip.Addr, []int) {
 	b.Helper()
 	dir := b.TempDir()
 	keys := make([]wgtypes.Key, len(nodes))
 	addrs := make([]netip.Addr, len(nodes))
+	var pids []int
 	for i := range nodes {
 		k, err := wgtypes.GeneratePrivateKey()
 		if err != nil {
@@ -271,19 +322,12 @@ func startStandalone(b *testing.B, ctx context.Context, nodes []*netlab.Node, bi
 		keys[i] = k
 		addrs[i] = netip.AddrFrom4([4]byte{10, subnet, 0, byte(i + 1)})
 	}
-	var procs []*netlab.Process
-	stop := func() {
-		for _, p := range procs {
-			_ = p.Stop(5 * time.Second)
-		}
-	}
 	for i, n := range nodes {
 		p, err := n.Spawn(ctx, bin, "-f", iface)
 		if err != nil {
-			stop()
 			b.Fatal(err)
 		}
-		procs = append(procs, p)
+		pids = append(pids, p.PID())
 		sock := filepath.Join(n.WireGuardDir(), iface+".sock")
 		deadline := time.Now().Add(10 * time.Second)
 		for {
@@ -291,14 +335,12 @@ func startStandalone(b *testing.B, ctx context.Context, nodes []*netlab.Node, bi
 				break
 			}
 			if !p.Running() || time.Now().After(deadline) {
-				stop()
 				b.Fatalf("%s in %s: no UAPI socket %s: %s", bin, n.Name, sock, p.Output())
 			}
 			time.Sleep(20 * time.Millisecond) // a file appearing; no event to wait on
 		}
 		keyFile := filepath.Join(dir, n.Name+"-"+iface+".key")
 		if err := os.WriteFile(keyFile, []byte(keys[i].String()+"\n"), 0o600); err != nil {
-			stop()
 			b.Fatal(err)
 		}
 		peer := 1 - i
@@ -311,12 +353,11 @@ func startStandalone(b *testing.B, ctx context.Context, nodes []*netlab.Node, bi
 		}
 		for _, c := range cmds {
 			if _, err := n.Exec(ctx, c[0], c[1:]...); err != nil {
-				stop()
 				b.Fatal(err)
 			}
 		}
 	}
-	return addrs, stop
+	return addrs, pids
 }
 
 // startWeft starts weft daemons meshed on nodes, logging at info as in
