@@ -2,11 +2,13 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -175,4 +177,61 @@ func TestCNIDelAfterNetnsOrAllocationGone(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// ADD through the plugin binary answers in the cniVersion of the config
+// (0.4.0, 1.0.0, 1.1.0), and DEL of each leaves the node as before.
+func TestCNIResultVersions(t *testing.T) {
+	lab := newLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nodes, _ := meshOf(t, ctx, lab, 1)
+	n := nodes[0]
+	holder, err := n.AddPod(ctx, netlab.PodConfig{Name: "holder"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := steadySnapshot(t, ctx, n)
+	for i, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
+		t.Run(v, func(t *testing.T) {
+			env := map[string]string{
+				"CNI_CONTAINERID": fmt.Sprintf("version%d", i),
+				"CNI_NETNS":       holder.Netns,
+				"CNI_IFNAME":      fmt.Sprintf("eth%d", i+1),
+			}
+			conf := pluginConf(v, n.SocketPath(), nil)
+			env["CNI_COMMAND"] = "ADD"
+			r := runPlugin(t, ctx, lab, n, env, conf)
+			if r.ExitCode != 0 {
+				t.Fatalf("ADD with cniVersion %s: exit %d: %s", v, r.ExitCode, r.Stdout)
+			}
+			var res struct {
+				CNIVersion string `json:"cniVersion"`
+				IPs        []struct {
+					Version string `json:"version"`
+					Address string `json:"address"`
+				} `json:"ips"`
+			}
+			if err := json.Unmarshal([]byte(r.Stdout), &res); err != nil {
+				t.Fatalf("ADD result is not JSON: %v\n%s", err, r.Stdout)
+			}
+			if res.CNIVersion != v || len(res.IPs) != 1 || !strings.HasSuffix(res.IPs[0].Address, "/32") {
+				t.Errorf("ADD with cniVersion %s answered %s", v, r.Stdout)
+			}
+			if v == "0.4.0" && res.IPs[0].Version != "4" {
+				t.Errorf("a 0.4.0 result needs ips[].version 4: %s", r.Stdout)
+			}
+			env["CNI_COMMAND"] = "DEL"
+			if r := runPlugin(t, ctx, lab, n, env, conf); r.ExitCode != 0 {
+				t.Errorf("DEL with cniVersion %s: exit %d: %s", v, r.ExitCode, r.Stdout)
+			}
+			s, err := snapshot(ctx, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := base.diff(s); d != "" {
+				t.Errorf("ADD and DEL with cniVersion %s changed the node:\n%s", v, d)
+			}
+		})
+	}
 }
