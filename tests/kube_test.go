@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -26,13 +27,14 @@ import (
 	"k8s.io/client-go/restmapper"
 
 	"github.com/weftnet/weft/kube"
+	"github.com/weftnet/weft/netlab"
 	"github.com/weftnet/weft/tests/kubelab"
 )
 
 // The daemon's identity in a cluster: the ServiceAccount of deploy/weft.yaml.
 const (
-	weftSAUser = "system:serviceaccount:kube-system:weft"
-	manifest   = "../deploy/weft.yaml"
+	weftSAUser   = "system:serviceaccount:kube-system:weft"
+	manifestPath = "../deploy/weft.yaml"
 )
 
 var weftSAGroups = []string{"system:serviceaccounts", "system:serviceaccounts:kube-system"}
@@ -47,7 +49,7 @@ func TestKubeAPI(t *testing.T) {
 	ctx := t.Context()
 	admin := lab.Clientset()
 
-	objs := readManifest(t, manifest)
+	objs := readManifest(t, manifestPath)
 	t.Run("manifest applies server-side", func(t *testing.T) {
 		// Apply twice: a second apply of the same file changes nothing and
 		// is accepted as well.
@@ -73,7 +75,7 @@ func TestKubeAPI(t *testing.T) {
 	})
 
 	for i, ip := range []string{"172.30.0.1", "172.30.0.2", "172.30.0.3"} {
-		if err := lab.CreateNode(ctx, nodeName(i), netip.MustParseAddr(ip)); err != nil {
+		if err := lab.CreateNode(ctx, kubeNodeName(i), netip.MustParseAddr(ip)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -81,14 +83,14 @@ func TestKubeAPI(t *testing.T) {
 	t.Run("own node annotations and condition", func(t *testing.T) {
 		info := kube.NodeInfo{PublicKey: "cHVibGljLWtleS1vZi1ub2RlLTAtMzItYnl0ZXMhIQ==", Endpoint: "172.30.0.1:6784", TunnelAddr: "10.32.0.1"}
 		for range 2 { // idempotent
-			if err := kube.PublishNode(ctx, sa, nodeName(0), info); err != nil {
+			if err := kube.PublishNode(ctx, sa, kubeNodeName(0), info); err != nil {
 				t.Fatal(err)
 			}
-			if err := kube.SetNetworkAvailable(ctx, sa, nodeName(0)); err != nil {
+			if err := kube.SetNetworkAvailable(ctx, sa, kubeNodeName(0)); err != nil {
 				t.Fatal(err)
 			}
 		}
-		node, err := admin.CoreV1().Nodes().Get(ctx, nodeName(0), metav1.GetOptions{})
+		node, err := admin.CoreV1().Nodes().Get(ctx, kubeNodeName(0), metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -155,7 +157,7 @@ func TestKubeAPI(t *testing.T) {
 		for i := range got {
 			wg.Go(func() {
 				// Each daemon offers a different list: itself only.
-				seed, err := kube.EnsureGenesis(ctx, sa, cidr, []string{nodeName(i)})
+				seed, err := kube.EnsureGenesis(ctx, sa, cidr, []string{kubeNodeName(i)})
 				if err != nil {
 					t.Errorf("daemon %d: %v", i, err)
 				}
@@ -211,7 +213,7 @@ func TestKubeAPI(t *testing.T) {
 		if h, err := kube.ReclaimHolder(ctx, sa, dead); err != nil || h != winners[0] {
 			t.Errorf("holder %q, %v; want %s", h, err, winners[0])
 		}
-		if _, err := kube.ClaimReclaim(ctx, sa, nodeName(1), nodeName(0)); !errors.Is(err, kube.ErrNodeExists) {
+		if _, err := kube.ClaimReclaim(ctx, sa, kubeNodeName(1), kubeNodeName(0)); !errors.Is(err, kube.ErrNodeExists) {
 			t.Errorf("claim on a live Node: %v, want ErrNodeExists", err)
 		}
 		if err := kube.ReleaseReclaim(ctx, sa, dead); err != nil {
@@ -226,7 +228,7 @@ func TestKubeAPI(t *testing.T) {
 	})
 
 	t.Run("node watcher sees seeds, new nodes and deletions", func(t *testing.T) {
-		w, err := kube.NewNodes(kube.NodesConfig{Client: sa, Self: nodeName(0)})
+		w, err := kube.NewNodes(kube.NodesConfig{Client: sa, Self: kubeNodeName(0)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -247,17 +249,17 @@ func TestKubeAPI(t *testing.T) {
 		if got, want := w.Seeds(), []string{"172.30.0.2", "172.30.0.3"}; !slices.Equal(got, want) {
 			t.Errorf("Seeds = %v, want %v", got, want)
 		}
-		if err := lab.CreateNode(ctx, nodeName(3), netip.MustParseAddr("172.30.0.4")); err != nil {
+		if err := lab.CreateNode(ctx, kubeNodeName(3), netip.MustParseAddr("172.30.0.4")); err != nil {
 			t.Fatal(err)
 		}
 		waitChange(t, w, "a fourth Node", func() bool { return slices.Contains(w.Seeds(), "172.30.0.4") })
-		if err := lab.DeleteNode(ctx, nodeName(2)); err != nil {
+		if err := lab.DeleteNode(ctx, kubeNodeName(2)); err != nil {
 			t.Fatal(err)
 		}
 		select {
 		case name := <-w.Deleted():
-			if name != nodeName(2) {
-				t.Errorf("Deleted = %q, want %s", name, nodeName(2))
+			if name != kubeNodeName(2) {
+				t.Errorf("Deleted = %q, want %s", name, kubeNodeName(2))
 			}
 		case <-time.After(30 * time.Second):
 			t.Fatal("no deletion seen")
@@ -275,7 +277,7 @@ func TestKubeAPI(t *testing.T) {
 		var reclaims []string
 		decided := make(chan bool, 3)
 		for i := range 3 {
-			self := nodeName(i)
+			self := kubeNodeName(i)
 			client, _, err := kube.NewClient(saKubeconfig)
 			if err != nil {
 				t.Fatal(err)
@@ -301,7 +303,7 @@ func TestKubeAPI(t *testing.T) {
 			wg.Go(func() { r.Run(rctx) })
 			<-nodes.Synced()
 		}
-		if err := lab.DeleteNode(ctx, nodeName(3)); err != nil {
+		if err := lab.DeleteNode(ctx, kubeNodeName(3)); err != nil {
 			t.Fatal(err)
 		}
 		// Every reclaimer decides, and exactly one of them reclaimed.
@@ -321,20 +323,20 @@ func TestKubeAPI(t *testing.T) {
 		if won != 1 || len(reclaims) != 1 {
 			t.Errorf("%d reclaimed, reclaims %v; want exactly one", won, reclaims)
 		}
-		if h, err := kube.ReclaimHolder(ctx, admin, nodeName(3)); err != nil || !strings.HasPrefix(reclaims[0], h+" ") {
+		if h, err := kube.ReclaimHolder(ctx, admin, kubeNodeName(3)); err != nil || !strings.HasPrefix(reclaims[0], h+" ") {
 			t.Errorf("claim held by %q (%v), reclaims %v", h, err, reclaims)
 		}
 	})
 
 	t.Run("uninstall as the README says", func(t *testing.T) {
-		uninstall(t, ctx, lab, objs)
+		uninstallWeft(t, ctx, lab, objs)
 	})
 }
 
-// uninstall deletes what `kubectl delete -f deploy/weft.yaml` deletes and
+// uninstallWeft deletes what `kubectl delete -f deploy/weft.yaml` deletes and
 // the objects the daemons made, with the README's commands' selectors, and
 // checks nothing of weft is left in the API but the Node annotations.
-func uninstall(t *testing.T, ctx context.Context, lab *kubelab.Cluster, objs []*unstructured.Unstructured) {
+func uninstallWeft(t *testing.T, ctx context.Context, lab *kubelab.Cluster, objs []*unstructured.Unstructured) {
 	t.Helper()
 	dyn, mapper := dynamicClient(t, lab)
 	for _, obj := range slices.Backward(objs) {
@@ -372,7 +374,7 @@ func uninstall(t *testing.T, ctx context.Context, lab *kubelab.Cluster, objs []*
 	}
 }
 
-func nodeName(i int) string { return "node-" + string(rune('0'+i)) }
+func kubeNodeName(i int) string { return "node-" + string(rune('0'+i)) }
 
 // waitChange waits on the watcher's Changes until cond holds.
 func waitChange(t *testing.T, w *kube.Nodes, what string, cond func() bool) {
@@ -519,8 +521,8 @@ func resourceFor(t *testing.T, dyn *dynamic.DynamicClient, mapper meta.RESTMappe
 	return dyn.Resource(m.Resource)
 }
 
-// access is one question to the authorizer.
-type access struct {
+// rbacCheck is one question to the authorizer.
+type rbacCheck struct {
 	verb, group, resource, sub, ns, name string
 	allowed                              bool
 }
@@ -530,53 +532,53 @@ type access struct {
 func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
 	t.Helper()
 	const ks = "kube-system"
-	var checks []access
+	var checks []rbacCheck
 	for _, v := range []string{"get", "list", "watch", "patch"} {
-		checks = append(checks, access{v, "", "nodes", "", "", "", true})
+		checks = append(checks, rbacCheck{v, "", "nodes", "", "", "", true})
 	}
-	checks = append(checks, access{"patch", "", "nodes", "status", "", "node-0", true})
+	checks = append(checks, rbacCheck{"patch", "", "nodes", "status", "", "node-0", true})
 	for _, v := range []string{"get", "list", "watch"} {
 		checks = append(checks,
-			access{v, "", "pods", "", "", "", true},
-			access{v, "", "pods", "", "default", "", true},
-			access{v, "", "namespaces", "", "", "", true},
-			access{v, "networking.k8s.io", "networkpolicies", "", "", "", true},
+			rbacCheck{v, "", "pods", "", "", "", true},
+			rbacCheck{v, "", "pods", "", "default", "", true},
+			rbacCheck{v, "", "namespaces", "", "", "", true},
+			rbacCheck{v, "networking.k8s.io", "networkpolicies", "", "", "", true},
 		)
 	}
 	checks = append(checks,
-		access{"get", "", "secrets", "", ks, "weft", true},
-		access{"create", "", "secrets", "", ks, "", true},
-		access{"get", "", "configmaps", "", ks, "weft-ipam-genesis", true},
-		access{"create", "", "configmaps", "", ks, "", true},
-		access{"create", "coordination.k8s.io", "leases", "", ks, "", true},
-		access{"get", "coordination.k8s.io", "leases", "", ks, "weft-reclaim-x", true},
-		access{"list", "coordination.k8s.io", "leases", "", ks, "", true},
-		access{"delete", "coordination.k8s.io", "leases", "", ks, "weft-reclaim-x", true},
+		rbacCheck{"get", "", "secrets", "", ks, "weft", true},
+		rbacCheck{"create", "", "secrets", "", ks, "", true},
+		rbacCheck{"get", "", "configmaps", "", ks, "weft-ipam-genesis", true},
+		rbacCheck{"create", "", "configmaps", "", ks, "", true},
+		rbacCheck{"create", "coordination.k8s.io", "leases", "", ks, "", true},
+		rbacCheck{"get", "coordination.k8s.io", "leases", "", ks, "weft-reclaim-x", true},
+		rbacCheck{"list", "coordination.k8s.io", "leases", "", ks, "", true},
+		rbacCheck{"delete", "coordination.k8s.io", "leases", "", ks, "weft-reclaim-x", true},
 
 		// What it must not do.
-		access{"delete", "", "nodes", "", "", "node-0", false},
-		access{"create", "", "nodes", "", "", "", false},
-		access{"update", "", "nodes", "", "", "node-0", false},
-		access{"update", "", "nodes", "status", "", "node-0", false},
-		access{"get", "", "secrets", "", "default", "weft", false},
-		access{"get", "", "secrets", "", ks, "other", false},
-		access{"list", "", "secrets", "", ks, "", false},
-		access{"list", "", "secrets", "", "", "", false},
-		access{"create", "", "secrets", "", "default", "", false},
-		access{"update", "", "secrets", "", ks, "weft", false},
-		access{"delete", "", "secrets", "", ks, "weft", false},
-		access{"get", "", "configmaps", "", ks, "other", false},
-		access{"update", "", "configmaps", "", ks, "weft-ipam-genesis", false},
-		access{"create", "", "configmaps", "", "default", "", false},
-		access{"create", "coordination.k8s.io", "leases", "", "default", "", false},
-		access{"update", "coordination.k8s.io", "leases", "", ks, "weft-reclaim-x", false},
-		access{"create", "", "pods", "", "default", "", false},
-		access{"delete", "", "pods", "", "default", "x", false},
-		access{"create", "", "pods", "exec", "default", "x", false},
-		access{"create", "", "serviceaccounts", "token", ks, "weft", false},
-		access{"create", "networking.k8s.io", "networkpolicies", "", "default", "", false},
-		access{"update", "apps", "daemonsets", "", ks, "weft", false},
-		access{"escalate", "rbac.authorization.k8s.io", "clusterroles", "", "", "weft", false},
+		rbacCheck{"delete", "", "nodes", "", "", "node-0", false},
+		rbacCheck{"create", "", "nodes", "", "", "", false},
+		rbacCheck{"update", "", "nodes", "", "", "node-0", false},
+		rbacCheck{"update", "", "nodes", "status", "", "node-0", false},
+		rbacCheck{"get", "", "secrets", "", "default", "weft", false},
+		rbacCheck{"get", "", "secrets", "", ks, "other", false},
+		rbacCheck{"list", "", "secrets", "", ks, "", false},
+		rbacCheck{"list", "", "secrets", "", "", "", false},
+		rbacCheck{"create", "", "secrets", "", "default", "", false},
+		rbacCheck{"update", "", "secrets", "", ks, "weft", false},
+		rbacCheck{"delete", "", "secrets", "", ks, "weft", false},
+		rbacCheck{"get", "", "configmaps", "", ks, "other", false},
+		rbacCheck{"update", "", "configmaps", "", ks, "weft-ipam-genesis", false},
+		rbacCheck{"create", "", "configmaps", "", "default", "", false},
+		rbacCheck{"create", "coordination.k8s.io", "leases", "", "default", "", false},
+		rbacCheck{"update", "coordination.k8s.io", "leases", "", ks, "weft-reclaim-x", false},
+		rbacCheck{"create", "", "pods", "", "default", "", false},
+		rbacCheck{"delete", "", "pods", "", "default", "x", false},
+		rbacCheck{"create", "", "pods", "exec", "default", "x", false},
+		rbacCheck{"create", "", "serviceaccounts", "token", ks, "weft", false},
+		rbacCheck{"create", "networking.k8s.io", "networkpolicies", "", "default", "", false},
+		rbacCheck{"update", "apps", "daemonsets", "", ks, "weft", false},
+		rbacCheck{"escalate", "rbac.authorization.k8s.io", "clusterroles", "", "", "weft", false},
 	)
 	for _, c := range checks {
 		review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
@@ -605,4 +607,144 @@ func subSuffix(sub string) string {
 		return ""
 	}
 	return "/" + sub
+}
+
+// kubeDaemonWired says the daemon uses package kube: seeds from the Node
+// list with --kubeconfig, the Secret when no --secret-file is given, the
+// genesis ConfigMap, annotations and condition on its Node, and the
+// Reclaimer. Flip it when daemon/ wires them; WEFT_TEST_KUBE_DAEMON=1 runs
+// the test before that.
+const kubeDaemonWired = false
+
+// TestKubeDaemons runs real daemons in lab nodes against a kube-apiserver
+// in the lab's underlay, as the DaemonSet would: no --peers, no
+// --secret-file, the ServiceAccount's rights only.
+func TestKubeDaemons(t *testing.T) {
+	if !kubeDaemonWired && os.Getenv("WEFT_TEST_KUBE_DAEMON") != "1" {
+		t.Skip("waits for the daemon's --kubeconfig support (package kube wired into daemon/); WEFT_TEST_KUBE_DAEMON=1 runs it anyway")
+	}
+	lab := newLab(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 6*time.Minute)
+	defer cancel()
+
+	// The API listens on the underlay bridge, where every node reaches it.
+	apiAddr := netip.MustParsePrefix("172.30.0.250/24")
+	if err := addrOnBridge(lab.Underlay, "br0", apiAddr); err != nil {
+		t.Fatal(err)
+	}
+	kl := kubelab.StartForTest(t, kubelab.Config{Netns: lab.Underlay, BindAddr: apiAddr.Addr()})
+	applyObjects(t, ctx, kl, readManifest(t, manifestPath))
+	kubeconfig, err := kl.KubeconfigFor(weftSAUser, weftSAGroups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := kl.Clientset()
+	args := []string{"--kubeconfig", kubeconfig, "--secret-file", "", "--wg-mode", "userspace",
+		"--metrics-addr", "", "--reap-time", "20s", "--log-level", "debug"}
+
+	// Three Nodes registered, three daemons started at the same moment.
+	nodes, err := lab.AddNodes(0, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if err := kl.CreateNode(ctx, n.Name, n.Addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startAll(t, ctx, nodes, func(*netlab.Node) []string { return args })
+	waitMesh(t, ctx, nodes)
+	secrets, err := admin.CoreV1().Secrets(kube.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil || len(secrets.Items) != 1 || secrets.Items[0].Name != kube.SecretName {
+		t.Fatalf("secrets in kube-system: %v, %v; want the one Secret weft", secrets, err)
+	}
+	waitNodesPublished(t, ctx, admin, nodes)
+
+	// A fourth Node joins later and is meshed from the Node list.
+	n4, err := lab.AddNode(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kl.CreateNode(ctx, n4.Name, n4.Addr); err != nil {
+		t.Fatal(err)
+	}
+	startAll(t, ctx, []*netlab.Node{n4}, func(*netlab.Node) []string { return args })
+	all := append(slices.Clone(nodes), n4)
+	waitMesh(t, ctx, all)
+	waitNodesPublished(t, ctx, admin, all)
+
+	// Pods on the first two nodes talk before and after the reclaim.
+	pods := addPods(t, ctx, nodes[:2], 1)
+	podsTalk := func() {
+		poll(t, ctx, func() error {
+			if _, err := pods[0].Ping(ctx, pods[1].IP()); err != nil {
+				return fmt.Errorf("ping %s -> %s: %w", pods[0].Name, pods[1].Name, err)
+			}
+			return nil
+		})
+	}
+	podsTalk()
+
+	// The fourth node owns ranges; its machine dies and its Node object is
+	// deleted. Exactly one live node reclaims its ranges.
+	before := waitRings(t, ctx, all)
+	if len(before[n4.Name]) == 0 {
+		t.Fatalf("%s owns no ranges: %s", n4.Name, before)
+	}
+	if err := n4.KillDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if err := kl.DeleteNode(ctx, n4.Name); err != nil {
+		t.Fatal(err)
+	}
+	var holder string
+	poll(t, ctx, func() error {
+		h, err := kube.ReclaimHolder(ctx, admin, n4.Name)
+		if err != nil || h == "" {
+			return fmt.Errorf("no reclaim claim on %s yet (%v)", n4.Name, err)
+		}
+		holder = h
+		return nil
+	})
+	var after ring
+	poll(t, ctx, func() error {
+		after = waitRings(t, ctx, nodes)
+		if len(after[n4.Name]) > 0 {
+			return fmt.Errorf("%s still owns %v", n4.Name, after[n4.Name])
+		}
+		return nil
+	})
+	for _, p := range before[n4.Name] {
+		if got := after.owners(p); !slices.Equal(got, []string{holder}) {
+			t.Errorf("%s's range %s went to %v, want only the claim's holder %s", n4.Name, p, got, holder)
+		}
+	}
+	podsTalk()
+}
+
+// waitNodesPublished waits until every node's Node object carries weft's
+// annotations and NetworkUnavailable=False.
+func waitNodesPublished(t *testing.T, ctx context.Context, admin kubernetes.Interface, nodes []*netlab.Node) {
+	t.Helper()
+	poll(t, ctx, func() error {
+		for _, n := range nodes {
+			node, err := admin.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			for _, a := range []string{kube.AnnotationPublicKey, kube.AnnotationEndpoint, kube.AnnotationTunnelAddr} {
+				if node.Annotations[a] == "" {
+					return fmt.Errorf("node %s lacks annotation %s", n.Name, a)
+				}
+			}
+			available := false
+			for _, c := range node.Status.Conditions {
+				available = available || (c.Type == corev1.NodeNetworkUnavailable && c.Status == corev1.ConditionFalse)
+			}
+			if !available {
+				return fmt.Errorf("node %s has no NetworkUnavailable=False", n.Name)
+			}
+		}
+		return nil
+	})
 }
