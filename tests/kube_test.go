@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
@@ -50,6 +51,14 @@ func TestKubeAPI(t *testing.T) {
 	admin := lab.Clientset()
 
 	objs := readManifest(t, manifestPath)
+	t.Run("strict validation refuses a misplaced field", func(t *testing.T) {
+		bad := objs[0].DeepCopy() // the ServiceAccount
+		bad.Object["spec"] = map[string]any{"hostNetwork": true}
+		dyn, mapper := dynamicClient(t, lab)
+		if err := serverSideApply(ctx, resourceFor(t, dyn, mapper, bad), bad); err == nil {
+			t.Fatal("an unknown field was accepted: the apply below would not catch mistakes")
+		}
+	})
 	t.Run("manifest applies server-side", func(t *testing.T) {
 		// Apply twice: a second apply of the same file changes nothing and
 		// is accepted as well.
@@ -432,7 +441,7 @@ func applyObjects(t *testing.T, ctx context.Context, lab *kubelab.Cluster, objs 
 	for _, obj := range objs {
 		gvk := obj.GroupVersionKind()
 		ri := resourceFor(t, dyn, mapper, obj)
-		if _, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "weft-test", Force: true}); err != nil {
+		if err := serverSideApply(ctx, ri, obj); err != nil {
 			t.Fatalf("server-side apply %s %s/%s: %v", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
 		}
 		got, err := ri.Get(ctx, obj.GetName(), metav1.GetOptions{})
@@ -496,6 +505,20 @@ func applyObjects(t *testing.T, ctx context.Context, lab *kubelab.Cluster, objs 
 	if ds.Spec.UpdateStrategy.Type != "RollingUpdate" || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Errorf("update strategy %v, resources %+v", ds.Spec.UpdateStrategy.Type, c.Resources)
 	}
+}
+
+// serverSideApply applies obj as `kubectl apply --server-side` does: an
+// apply patch with a field manager, conflicts forced, and strict field
+// validation, so a misspelt or misplaced field is an error, not a warning.
+func serverSideApply(ctx context.Context, ri dynamic.ResourceInterface, obj *unstructured.Unstructured) error {
+	data, err := obj.MarshalJSON()
+	if err != nil {
+		return err
+	}
+	force := true
+	_, err = ri.Patch(ctx, obj.GetName(), types.ApplyPatchType, data,
+		metav1.PatchOptions{FieldManager: "weft-test", Force: &force, FieldValidation: "Strict"})
+	return err
 }
 
 func dynamicClient(t *testing.T, lab *kubelab.Cluster) (*dynamic.DynamicClient, meta.RESTMapper) {
@@ -747,4 +770,23 @@ func waitNodesPublished(t *testing.T, ctx context.Context, admin kubernetes.Inte
 		}
 		return nil
 	})
+}
+
+// TestKustomization checks deploy/kustomization.yaml names the manifest,
+// so `kubectl apply -k deploy/` installs what `-f deploy/weft.yaml` does.
+func TestKustomization(t *testing.T) {
+	data, err := os.ReadFile("../deploy/kustomization.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k struct {
+		Kind      string   `json:"kind"`
+		Resources []string `json:"resources"`
+	}
+	if err := yaml.Unmarshal(data, &k); err != nil {
+		t.Fatal(err)
+	}
+	if k.Kind != "Kustomization" || !slices.Equal(k.Resources, []string{"weft.yaml"}) {
+		t.Errorf("kustomization %+v, want kind Kustomization with resources [weft.yaml]", k)
+	}
 }
