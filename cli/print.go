@@ -60,7 +60,7 @@ func printPeers(w io.Writer, st daemon.PeersStatus) error {
 	}
 	fmt.Fprintf(w, "node %s  %s  tunnel %s (%s, %s, mtu %d)  endpoint %s  key %s…\n",
 		st.Node, ready, orDash(st.TunnelAddr), st.Interface, st.WGMode, st.MTU, st.Endpoint, short(st.PublicKey))
-	fmt.Fprintf(w, "mesh: %d members, health score %d (0 is best)\n", st.Members, st.Health)
+	fmt.Fprintf(w, "mesh: %d other members, health score %d (0 is best)\n", st.Members, st.Health)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tSTATE\tPATH\tENDPOINT\tTUNNEL\tHANDSHAKE\tRX\tTX\tALLOWED IPS")
 	for _, p := range st.Peers {

@@ -7,10 +7,16 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// serveHealth serves /healthz (the process is alive and its loops run) and
-// /readyz (pods can be networked) on --metrics-addr.
+func nowUnix() int64 { return time.Now().Unix() }
+
+// serveHealth serves /healthz (the process is alive), /readyz (pods can be
+// networked) and /metrics (Prometheus) on --metrics-addr.
 func (a *agent) serveHealth(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -23,6 +29,9 @@ func (a *agent) serveHealth(ctx context.Context) error {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metricsCollector{a}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
 	if err != nil {
 		return fmt.Errorf("listen on --metrics-addr %s: %w", a.cfg.MetricsAddr, err)
