@@ -9,6 +9,15 @@
 //	kube-system/ConfigMap weft-ipam-genesis   EnsureGenesis  pod CIDR and seed list of the ring
 //	kube-system/Lease weft-reclaim-<node>     ClaimReclaim   who reclaims a deleted Node's ranges
 //
+// How the daemon uses it, in order:
+//
+//	client, _, err := NewClient(cfg.Kubeconfig)       // ErrNoKubernetes: run without
+//	secret, err := EnsureSecret(ctx, client, "")       // unless --secret-file is given
+//	seed, err := EnsureGenesis(ctx, client, podCIDR, []string{self}) // ipalloc.Config.Seed
+//	nodes, err := NewNodes(NodesConfig{Client: client, Self: self})  // Run; Seeds on Changes
+//	reclaimer, err := NewReclaimer(ReclaimerConfig{..., Reclaim: rmpeer}) // Run
+//	PublishNode(...); SetNetworkAvailable(...)         // once up, and on every resync
+//
 // Only kube and daemon import client-go; the other packages take plain data.
 package kube
 

@@ -128,7 +128,8 @@ func (n *Nodes) Run(ctx context.Context) error {
 }
 
 // Synced is closed once the first full list of Nodes is in: from then on
-// Seeds and Names are the cluster's.
+// Seeds and Names are the cluster's. It stays open when Run ends before
+// that, so wait on it together with your context.
 func (n *Nodes) Synced() <-chan struct{} { return n.synced }
 
 // Seeds returns the address of every other Node (InternalIP, or ExternalIP

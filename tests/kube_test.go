@@ -466,6 +466,9 @@ func applyObjects(t *testing.T, ctx context.Context, lab *kubelab.Cluster, objs 
 	if _, err := lab.Clientset().SchedulingV1().PriorityClasses().Get(ctx, spec.PriorityClassName, metav1.GetOptions{}); err != nil {
 		t.Errorf("priority class %s: %v", spec.PriorityClassName, err)
 	}
+	if spec.NodeSelector["kubernetes.io/os"] != "linux" {
+		t.Errorf("node selector %v, want kubernetes.io/os=linux", spec.NodeSelector)
+	}
 	if len(spec.Tolerations) != 1 || spec.Tolerations[0].Operator != corev1.TolerationOpExists || spec.Tolerations[0].Key != "" {
 		t.Errorf("tolerations %+v, want one that tolerates every taint", spec.Tolerations)
 	}
