@@ -38,6 +38,12 @@ func TestKubeDaemons(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 6*time.Minute)
 	defer cancel()
 
+	// The nodes first: the bridge has ports, so its address below is up
+	// for good when the API starts listening on it.
+	nodes, err := lab.AddNodes(0, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// The API listens on the underlay bridge, where every node reaches it.
 	apiAddr := netip.MustParsePrefix("172.30.0.250/24")
 	if err := addrOnBridge(lab.Underlay, "br0", apiAddr); err != nil {
@@ -54,10 +60,6 @@ func TestKubeDaemons(t *testing.T) {
 		"--metrics-addr", "", "--reap-time", "20s", "--log-level", "debug"}
 
 	// Three Nodes registered, three daemons started at the same moment.
-	nodes, err := lab.AddNodes(0, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, n := range nodes {
 		if err := kl.CreateNode(ctx, n.Name, n.Addr); err != nil {
 			t.Fatal(err)
