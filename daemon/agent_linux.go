@@ -16,10 +16,12 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sync/errgroup"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftnet/weft/cniplugin"
 	"github.com/weftnet/weft/crypto"
 	"github.com/weftnet/weft/ipalloc"
+	"github.com/weftnet/weft/kube"
 	"github.com/weftnet/weft/mesh"
 	"github.com/weftnet/weft/policy"
 )
@@ -59,6 +61,8 @@ type agent struct {
 
 	savedMembers []string // gossip addresses last written to known-peers.json; reconcile loop only
 
+	kube          kubernetes.Interface // nil without Kubernetes
+	nodes         *kube.Nodes
 	applier       *policy.Applier // nil without Kubernetes
 	ruleSet       policy.RuleSet
 	policyApplied time.Time
@@ -81,12 +85,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	a := &agent{cfg: cfg, log: log, kick: make(chan struct{}, 1), peers: map[string]*knownPeer{}}
-	if err := a.setup(); err != nil {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	if err := a.setup(gctx, g); err != nil {
+		cancel()
+		_ = g.Wait()
 		a.teardown()
 		return err
 	}
 	defer a.teardown()
-	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.mesh.Run(gctx) })
 	g.Go(func() error { return a.alloc.Run(gctx) })
 	g.Go(func() error { return (&apiServer{socket: cfg.SocketPath(), b: a, log: log}).Run(gctx) })
@@ -96,6 +104,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return a.claimTunnelAddr(gctx) })
 	g.Go(func() error { return a.sweepLoop(gctx) })
 	g.Go(func() error { return a.reconcileLoop(gctx) })
+	if a.kube != nil {
+		a.runKube(gctx, g)
+	}
 	g.Go(func() error {
 		select {
 		case <-gctx.Done():
@@ -111,17 +122,31 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return err
 }
 
-func (a *agent) setup() error {
+func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	cfg := a.cfg
-	if cfg.SecretFile != "" {
+	kubeSeeds, kubeGenesis, err := a.setupKube(ctx, g)
+	if err != nil {
+		return err
+	}
+	switch {
+	case cfg.SecretFile != "":
 		s, err := crypto.ReadSecret(cfg.SecretFile)
 		if err != nil {
 			return err
 		}
 		a.secret = s
-	} else {
+	case a.kube != nil && !cfg.Insecure:
+		s, err := kube.EnsureSecret(ctx, a.kube, kube.Namespace)
+		if err != nil {
+			return fmt.Errorf("the cluster secret from Kubernetes: %w", err)
+		}
+		a.secret = s
+		a.log.Info("using the cluster secret from the Kubernetes Secret", "secret", kube.Namespace+"/weft")
+	case cfg.Insecure:
 		a.log.Warn("RUNNING INSECURE: no cluster secret, gossip is in clear and tunnels have no preshared key; " +
 			"any host that reaches the gossip port can join. Give every node --secret-file.")
+	default:
+		return ErrNoSecret
 	}
 	u, err := findUnderlay(cfg.Listen)
 	if err != nil {
@@ -157,6 +182,9 @@ func (a *agent) setup() error {
 	if err != nil {
 		return err
 	}
+	if seed == nil && kubeGenesis != nil {
+		seed = kubeGenesis
+	}
 	bridge := &meshBridge{}
 	a.alloc, err = ipalloc.New(ipalloc.Config{
 		Self:      cfg.NodeName,
@@ -180,7 +208,8 @@ func (a *agent) setup() error {
 	}
 	// Seeds, then the members this node knew before a restart: they are
 	// tried too, so a restarted first node finds the others at once.
-	mcfg.Seeds = append(slices.Clone(cfg.Peers), loadKnownPeers(cfg.StateDir)...)
+	mcfg.Seeds = append(slices.Clone(cfg.Peers), kubeSeeds...)
+	mcfg.Seeds = append(mcfg.Seeds, loadKnownPeers(cfg.StateDir)...)
 	mcfg.Meta = a.meta(netip.Addr{}, "")
 	mcfg.Logger = a.log.With("part", "mesh")
 	mcfg.Delegate = allocDelegate{a.alloc, a.log}

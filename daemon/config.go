@@ -35,6 +35,7 @@ type Config struct {
 	CNIBinDir         string        // --cni-bin-dir; default /opt/cni/bin
 	CNIConfDir        string        // --cni-conf-dir; default /etc/cni/net.d
 	SweepInterval     time.Duration // how often allocations of vanished pods are looked for
+	UseExternalIP     bool          // --use-external-ip: seeds are Nodes' ExternalIPs (clusters across clouds)
 }
 
 // Defaults of the documented flags.
@@ -87,9 +88,6 @@ func (c Config) Validate() error {
 	if c.PodCIDR.Bits() > 30 {
 		return fmt.Errorf("--pod-cidr %v is too small: use /30 or larger", c.PodCIDR)
 	}
-	if c.SecretFile == "" && !c.Insecure {
-		return ErrNoSecret
-	}
 	for _, p := range []struct {
 		name string
 		v    int
@@ -104,6 +102,8 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// ErrNoSecret is returned when the daemon has neither a secret nor --insecure.
+// ErrNoSecret is returned when the daemon has neither a secret nor --insecure
+// (with Kubernetes, the daemon makes one itself).
 var ErrNoSecret = fmt.Errorf("no cluster secret: create one with `head -c 32 /dev/urandom | base64 > /etc/weft/secret` " +
-	"(the same file on every node), pass it with --secret-file, or run with --insecure to go without encryption")
+	"(the same file on every node), pass it with --secret-file, or run with --insecure to go without encryption; " +
+	"with Kubernetes (--kubeconfig, or in a pod) the daemon keeps one in the Secret kube-system/weft")
