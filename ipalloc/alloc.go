@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/weftnet/weft/ipalloc/ring"
 )
@@ -32,8 +33,24 @@ func (a *Allocator) recompute() {
 		}
 	}
 	a.usable, a.free = usable, n
+	a.publishFree()
+}
+
+// publishFree puts this node's free count in the ring for others to see.
+// Addresses in claims not confirmed yet count too: they are not free to
+// hand out here yet, but they are not gone, so a peer that finds no other
+// space is told to retry rather than that the range is full.
+func (a *Allocator) publishFree() {
+	n := a.free
+	for _, c := range a.claims {
+		n += c.span().Len()
+	}
 	a.ring.SetFree(a.cfg.Self, n)
 }
+
+// silentFor is how long a peer that did not answer a donation request is
+// asked only as a last resort.
+const silentFor = 30 * time.Second
 
 // subtract removes cut from sorted, disjoint spans.
 func subtract(spans []ring.Span, cut ring.Span) []ring.Span {
@@ -76,6 +93,9 @@ func (a *Allocator) readiness(live []string) (bool, string) {
 	case len(live) == 0:
 		return false, "waiting to hear the ring from a peer before allocating: other nodes own parts of the range and none is reachable " +
 			"(this node's state may be stale; weft rmpeer reclaims the ranges of nodes that are gone)"
+	case a.refused != "":
+		return false, "the peers' address ring has another genesis (" + a.refused + "): every node must run with the same --pod-cidr and --ipalloc-init; " +
+			"this node serves no address until they agree"
 	}
 	return false, "waiting to hear the ring from a live peer before allocating (this node's state may be stale)"
 }
@@ -128,9 +148,14 @@ func (a *Allocator) Allocate(ctx context.Context, key Key, meta map[string]strin
 		a.waiting[id], a.inflight = answer, inflight
 		a.mu.Unlock()
 
-		a.askDonation(ctx, peer, id, answer)
+		answered := a.askDonation(ctx, peer, id, answer)
 
 		a.mu.Lock()
+		if answered {
+			delete(a.silent, peer)
+		} else {
+			a.silent[peer] = a.cfg.Now()
+		}
 		delete(a.waiting, id)
 		a.inflight = nil
 		close(inflight)
@@ -172,7 +197,7 @@ func (a *Allocator) allocateLocked(key Key, meta map[string]string, live []strin
 	a.byOff[off] = key
 	a.cursor = off + 1
 	a.free--
-	a.ring.SetFree(a.cfg.Self, a.free)
+	a.publishFree()
 	return al.Addr, true, nil
 }
 
@@ -217,8 +242,22 @@ func (a *Allocator) chooseDonorLocked(live []string, tried map[string]bool) (str
 	if total == 0 && a.free == 0 {
 		return "", fullError{a.cfg.CIDR}
 	}
+	// Peers that lately did not answer a request are asked only when no
+	// other peer with space is left: every waiting ADD would otherwise
+	// spend its whole timeout on the same unreachable donor.
 	var best string
 	var reachable uint64
+	now := a.cfg.Now()
+	better := func(p string) bool {
+		if best == "" {
+			return true
+		}
+		ps, bs := now.Sub(a.silent[p]) < silentFor, now.Sub(a.silent[best]) < silentFor
+		if ps != bs {
+			return bs
+		}
+		return counts[p] > counts[best] || (counts[p] == counts[best] && p < best)
+	}
 	if a.cfg.Transport != nil {
 		for _, p := range live {
 			n := counts[p]
@@ -226,7 +265,7 @@ func (a *Allocator) chooseDonorLocked(live []string, tried map[string]bool) (str
 			if n == 0 || tried[p] {
 				continue
 			}
-			if best == "" || n > counts[best] || (n == counts[best] && p < best) {
+			if better(p) {
 				best = p
 			}
 		}

@@ -87,20 +87,22 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 }
 
 // askDonation sends a request to peer and waits for the answer or the
-// request timeout.
-func (a *Allocator) askDonation(ctx context.Context, peer string, id uint64, answer <-chan bool) {
+// request timeout; it reports whether the peer answered at all.
+func (a *Allocator) askDonation(ctx context.Context, peer string, id uint64, answer <-chan bool) bool {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
 	msg, _ := json.Marshal(message{V: msgVersion, Type: msgRequest, ID: id})
 	a.log.Info("asking a peer for addresses", "peer", peer)
 	if err := a.cfg.Transport.Send(ctx, peer, msg); err != nil {
 		a.log.Warn("cannot ask a peer for addresses", "peer", peer, "err", err)
-		return
+		return false
 	}
 	select {
 	case <-answer:
+		return true
 	case <-ctx.Done():
 		a.log.Warn("no donation from peer in time", "peer", peer, "timeout", a.cfg.RequestTimeout)
+		return false
 	}
 }
 

@@ -123,7 +123,7 @@ type Config struct {
 	// block; the slice is the callee's.
 	Broadcast      func(ring []byte)
 	Logger         *slog.Logger     // default slog.Default()
-	RequestTimeout time.Duration    // how long to wait for a donation before asking another peer; default 5s
+	RequestTimeout time.Duration    // how long to wait for a donation before asking another peer; default 2s, well under the CNI plugin's 5 s so one ADD can try two peers
 	Now            func() time.Time // default time.Now
 }
 
@@ -150,6 +150,7 @@ type Allocator struct {
 	nextID      uint64
 	waiting     map[uint64]chan bool // donation requests in flight, by id
 	inflight    chan struct{}        // closed when the current donation attempt ends
+	silent      map[string]time.Time // peers that did not answer a donation request, and when
 	lastRecvErr time.Time
 }
 
@@ -177,7 +178,7 @@ func New(cfg Config) (*Allocator, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.RequestTimeout <= 0 {
-		cfg.RequestTimeout = 5 * time.Second
+		cfg.RequestTimeout = 2 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -208,6 +209,7 @@ func New(cfg Config) (*Allocator, error) {
 		allocs:  map[Key]*Allocation{},
 		byOff:   map[uint64]Key{},
 		waiting: map[uint64]chan bool{},
+		silent:  map[string]time.Time{},
 		lost:    map[Key]bool{},
 		ring:    l.ring,
 	}
