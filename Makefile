@@ -82,7 +82,8 @@ demo: build
 # with the upstream standalone wireguard-go built here from the module proxy
 # and with Debian's /usr/bin/wireguard-go when installed; benchmarks whose
 # tools are missing skip and say what to install. Nothing is installed here.
-# -p 1: one package at a time, so no benchmark competes with another for CPU.
+# -p 1: one package at a time, so no benchmark competes with another for CPU;
+# -v: a skipped benchmark shows why.
 WIREGUARD_GO_UPSTREAM := $(CACHE)/bin/wireguard-go-upstream
 export WEFT_WIREGUARD_GO_UPSTREAM := $(CURDIR)/$(WIREGUARD_GO_UPSTREAM)
 
@@ -91,7 +92,7 @@ wireguard-go-upstream:
 
 bench: build kube-apiserver wireguard-go-upstream
 	@mkdir -p $(CACHE)
-	set -o pipefail; $(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./... 2>&1 | tee $(CACHE)/bench.log
+	set -o pipefail; $(GO) test -v -p 1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./... 2>&1 | tee $(CACHE)/bench.log
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt would change:"; echo "$$out"; exit 1; }
