@@ -35,7 +35,8 @@ import (
 // round to round), ratios are taken within a round, between measurements
 // seconds apart, and the median over rounds is reported. Each sub-benchmark
 // is one measure (tcp-1stream, tcp-4streams, rtt) with one metric per path
-// plus weft's ratios; -benchtime Nx gives N rounds. BENCHMARKS.md has the
+// plus weft's ratios; -benchtime Nx reports N rounds (for N > 1 after a
+// first round that the benchmark runner discards). BENCHMARKS.md has the
 // numbers.
 
 // benchMTU is the tunnel MTU of every tunnel measured: weft's own default
