@@ -158,6 +158,11 @@ func BenchmarkTunnel(b *testing.B) {
 						values[unit] = append(values[unit], s.cpuPerGB)
 					}
 				}
+				var line []string
+				for _, p := range paths {
+					line = append(line, fmt.Sprintf("%s %.3g", p.name, got[p.name].value))
+				}
+				b.Logf("round %d, %s: %s", round+1, m.unit, strings.Join(line, ", "))
 				w := got["weft"]
 				for _, base := range []string{"underlay", "upstream", "debian"} {
 					o, ok := got[base]
