@@ -9,22 +9,51 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
 
-// buildWeft builds the binary the way the Makefile does: static, no cgo.
+var (
+	buildMu  sync.Mutex
+	builtDir string
+	built    = map[string]string{} // GOARCH -> binary, built once per run
+)
+
+// buildWeft builds the binary the way the Makefile does: static, no cgo;
+// each architecture once per test run.
 func buildWeft(t *testing.T, goarch string) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the binary; skipped with -short")
 	}
-	out := filepath.Join(t.TempDir(), "weft")
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if bin, ok := built[goarch]; ok {
+		return bin
+	}
+	if builtDir == "" {
+		d, err := os.MkdirTemp("", "weft-build-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		builtDir = d
+	}
+	out := filepath.Join(builtDir, goarch, "weft")
 	cmd := exec.Command("go", "build", "-trimpath", "-o", out, ".")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build for %s: %v\n%s", goarch, err, b)
 	}
+	built[goarch] = out
 	return out
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtDir != "" {
+		os.RemoveAll(builtDir)
+	}
+	os.Exit(code)
 }
 
 func TestBinaryIsStatic(t *testing.T) {
@@ -65,7 +94,7 @@ func TestBinaryAnswers(t *testing.T) {
 		t.Errorf("weft version = %q: want version, commit and Go version", out)
 	}
 
-	cni := filepath.Join(filepath.Dir(bin), "weft-cni")
+	cni := filepath.Join(t.TempDir(), "weft-cni")
 	if err := os.Symlink(bin, cni); err != nil {
 		t.Fatal(err)
 	}
