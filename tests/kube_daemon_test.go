@@ -1,67 +1,65 @@
 package tests
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/weftnet/weft/kube"
 	"github.com/weftnet/weft/netlab"
 	"github.com/weftnet/weft/tests/kubelab"
 )
 
-// kubeDaemonWired says the daemon uses package kube: seeds from the Node
-// list with --kubeconfig, the Secret when no --secret-file is given, the
-// genesis ConfigMap, annotations and condition on its Node, and the
-// Reclaimer. Flip it when daemon/ wires them; WEFT_TEST_KUBE_DAEMON=1 runs
-// the test before that.
-const kubeDaemonWired = false
-
 // TestKubeDaemons runs real daemons in lab nodes against a kube-apiserver
-// in the lab's underlay, as the DaemonSet would: no --peers, no
-// --secret-file, the ServiceAccount's rights only.
+// in another lab node, as the DaemonSet would: no --peers, no
+// --secret-file, the ServiceAccount's rights only. They find each other
+// from the Node list, agree on one generated Secret, join a Node added
+// later, and reclaim a deleted Node's ranges exactly once while pods on
+// other nodes keep talking.
 func TestKubeDaemons(t *testing.T) {
-	if !kubeDaemonWired && os.Getenv("WEFT_TEST_KUBE_DAEMON") != "1" {
-		t.Skip("waits for the daemon's --kubeconfig support (package kube wired into daemon/); WEFT_TEST_KUBE_DAEMON=1 runs it anyway")
-	}
 	lab := newLab(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 6*time.Minute)
 	defer cancel()
 
-	// The nodes first: the bridge has ports, so its address below is up
-	// for good when the API starts listening on it.
+	// The API runs in a lab node of its own, with no daemon: the nodes
+	// reach it over the underlay as they reach each other.
+	cp, err := lab.AddNode(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kl := startKubelabHelper(t, ctx, cp.Netns, cp.Addr)
 	nodes, err := lab.AddNodes(0, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The API listens on the underlay bridge, where every node reaches it.
-	apiAddr := netip.MustParsePrefix("172.30.0.250/24")
-	if err := addrOnBridge(lab.Underlay, "br0", apiAddr); err != nil {
-		t.Fatal(err)
-	}
-	kl := kubelab.StartForTest(t, kubelab.Config{Netns: lab.Underlay, BindAddr: apiAddr.Addr()})
 	applyObjects(t, ctx, kl, readManifest(t, manifestPath))
-	kubeconfig, err := kl.KubeconfigFor(weftSAUser, weftSAGroups)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := kl.saKubeconfig
 	admin := kl.Clientset()
 	args := []string{"--kubeconfig", kubeconfig, "--secret-file", "", "--wg-mode", "userspace",
 		"--metrics-addr", "", "--reap-time", "20s", "--log-level", "debug"}
 
 	// Three Nodes registered, three daemons started at the same moment.
 	for _, n := range nodes {
-		if err := kl.CreateNode(ctx, n.Name, n.Addr); err != nil {
+		if err := registerNode(ctx, admin, n.Name, n.Addr); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -78,7 +76,7 @@ func TestKubeDaemons(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := kl.CreateNode(ctx, n4.Name, n4.Addr); err != nil {
+	if err := registerNode(ctx, admin, n4.Name, n4.Addr); err != nil {
 		t.Fatal(err)
 	}
 	startAll(t, ctx, []*netlab.Node{n4}, func(*netlab.Node) []string { return args })
@@ -107,7 +105,7 @@ func TestKubeDaemons(t *testing.T) {
 	if err := n4.KillDaemon(); err != nil {
 		t.Fatal(err)
 	}
-	if err := kl.DeleteNode(ctx, n4.Name); err != nil {
+	if err := admin.CoreV1().Nodes().Delete(ctx, n4.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var holder string
@@ -162,16 +160,177 @@ func waitNodesPublished(t *testing.T, ctx context.Context, admin kubernetes.Inte
 	})
 }
 
+func init() { labHelpers["kubelab"] = kubelabHelper }
+
+// helperAPI is the address book of a kubelab run by kubelabHelper.
+type helperAPI struct {
+	Server          string `json:"server"`
+	AdminKubeconfig string `json:"adminKubeconfig"`
+	SAKubeconfig    string `json:"saKubeconfig"`
+	Error           string `json:"error,omitempty"`
+}
+
+// kubelabHelper runs a kubelab in the network namespace $WEFT_KUBELAB_NETNS
+// on $WEFT_KUBELAB_BIND, prints its helperAPI as one JSON line and stops
+// it when its stdin closes (the test ended or died).
+//
+// It runs in a process of its own because kubelab's servers die with the
+// OS thread that started them (Pdeathsig), and netlab discards threads it
+// moved into namespaces: in the test process, any later lab operation may
+// kill the API.
+func kubelabHelper() {
+	out := json.NewEncoder(os.Stdout)
+	bind, err := netip.ParseAddr(os.Getenv("WEFT_KUBELAB_BIND"))
+	if err != nil {
+		out.Encode(helperAPI{Error: err.Error()})
+		os.Exit(1)
+	}
+	c, err := kubelab.Start(context.Background(), kubelab.Config{Netns: os.Getenv("WEFT_KUBELAB_NETNS"), BindAddr: bind})
+	if err != nil {
+		out.Encode(helperAPI{Error: err.Error()})
+		os.Exit(1)
+	}
+	sa, err := c.KubeconfigFor(weftSAUser, weftSAGroups)
+	if err != nil {
+		c.Close()
+		out.Encode(helperAPI{Error: err.Error()})
+		os.Exit(1)
+	}
+	out.Encode(helperAPI{Server: c.Server(), AdminKubeconfig: c.KubeconfigPath(), SAKubeconfig: sa})
+	io.Copy(io.Discard, os.Stdin)
+	if err := c.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "close kubelab:", err)
+	}
+}
+
+// remoteAPI is a kubelab in a helper process, reached from the test
+// process through the namespace it runs in.
+type remoteAPI struct {
+	cfg          *rest.Config
+	cs           kubernetes.Interface
+	saKubeconfig string
+}
+
+func (r *remoteAPI) RESTConfig() *rest.Config        { return rest.CopyConfig(r.cfg) }
+func (r *remoteAPI) Clientset() kubernetes.Interface { return r.cs }
+
+// startKubelabHelper starts kubelabHelper for the namespace at netnsPath
+// and waits until its API is ready; the test's end stops it.
+func startKubelabHelper(t *testing.T, ctx context.Context, netnsPath string, bind netip.Addr) *remoteAPI {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "WEFT_LAB_HELPER=kubelab", "WEFT_KUBELAB_NETNS="+netnsPath, "WEFT_KUBELAB_BIND="+bind.String())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("kubelab helper: %v\n%s", err, stderr.String())
+			}
+		case <-time.After(time.Minute):
+			cmd.Process.Kill()
+			<-done
+			t.Errorf("kubelab helper did not stop; killed")
+		}
+	})
+	got := make(chan helperAPI, 1)
+	go func() {
+		var api helperAPI
+		if err := json.NewDecoder(stdout).Decode(&api); err != nil {
+			api.Error = fmt.Sprintf("read the helper's answer: %v", err)
+		}
+		got <- api
+	}()
+	var api helperAPI
+	select {
+	case api = <-got:
+	case <-ctx.Done():
+		t.Fatalf("kubelab helper did not start: %v\n%s", ctx.Err(), stderr.String())
+	}
+	if strings.Contains(api.Error, kubelab.ErrMissingBinary.Error()) {
+		t.Skipf("no Kubernetes API for this test: %s", api.Error)
+	}
+	if api.Error != "" {
+		t.Fatalf("kubelab helper: %s\n%s", api.Error, stderr.String())
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", api.AdminKubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Dial = netnsDial(netnsPath)
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &remoteAPI{cfg: cfg, cs: cs, saKubeconfig: api.SAKubeconfig}
+}
+
+// netnsDial dials from inside the network namespace at path.
+func netnsDial(path string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var conn net.Conn
+		err := ns.WithNetNSPath(path, func(ns.NetNS) error {
+			var err error
+			conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return conn, err
+	}
+}
+
+// registerNode creates a Node with an InternalIP and a Ready condition, as
+// a kubelet registers one.
+func registerNode(ctx context.Context, cs kubernetes.Interface, name string, ip netip.Addr) error {
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{corev1.LabelHostname: name, corev1.LabelOSStable: "linux"}}}
+	created, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("create node %s: %w", name, err)
+	}
+	now := metav1.Now()
+	created.Status = corev1.NodeStatus{
+		Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip.String()}, {Type: corev1.NodeHostName, Address: name}},
+		Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastHeartbeatTime: now, LastTransitionTime: now}},
+	}
+	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("write status of node %s: %w", name, err)
+	}
+	return nil
+}
+
 // addrOnBridge gives the bridge named br in the network namespace at path
-// the address p, so a server there (the lab's kube-apiserver) is on the
-// same L2 as the nodes.
+// the address p, so a server there is on the same L2 as the nodes. It
+// fixes the bridge's MAC first: a bridge takes the lowest MAC of its ports
+// unless it has one of its own, and a node added later would change it.
+//
+// A kubelab started in the test process dies with the OS thread that
+// started it, which netlab may discard at any later lab operation; run it
+// with startKubelabHelper instead, in a lab node of its own.
 func addrOnBridge(path, br string, p netip.Prefix) error {
-	ns, err := netns.GetFromPath(path)
+	nsh, err := netns.GetFromPath(path)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", path, err)
 	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
 	if err != nil {
 		return fmt.Errorf("netlink in %s: %w", path, err)
 	}
@@ -179,6 +338,9 @@ func addrOnBridge(path, br string, p netip.Prefix) error {
 	link, err := h.LinkByName(br)
 	if err != nil {
 		return fmt.Errorf("find %s in %s: %w", br, path, err)
+	}
+	if err := h.LinkSetHardwareAddr(link, net.HardwareAddr{0x02, 0x77, 0x65, 0x66, 0x74, 0x01}); err != nil {
+		return fmt.Errorf("fix the MAC of %s: %w", br, err)
 	}
 	addr, err := netlink.ParseAddr(p.String())
 	if err != nil {

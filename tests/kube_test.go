@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 
 	"github.com/weftnet/weft/kube"
@@ -343,7 +344,7 @@ func TestKubeAPI(t *testing.T) {
 // uninstallWeft deletes what `kubectl delete -f deploy/weft.yaml` deletes and
 // the objects the daemons made, with the README's commands' selectors, and
 // checks nothing of weft is left in the API but the Node annotations.
-func uninstallWeft(t *testing.T, ctx context.Context, lab *kubelab.Cluster, objs []*unstructured.Unstructured) {
+func uninstallWeft(t *testing.T, ctx context.Context, lab apiAccess, objs []*unstructured.Unstructured) {
 	t.Helper()
 	dyn, mapper := dynamicClient(t, lab)
 	for _, obj := range slices.Backward(objs) {
@@ -433,7 +434,7 @@ func readManifest(t *testing.T, path string) []*unstructured.Unstructured {
 
 // applyObjects applies objs server-side (not a dry run) with a field
 // manager, as `kubectl apply --server-side` does, then reads each back.
-func applyObjects(t *testing.T, ctx context.Context, lab *kubelab.Cluster, objs []*unstructured.Unstructured) {
+func applyObjects(t *testing.T, ctx context.Context, lab apiAccess, objs []*unstructured.Unstructured) {
 	t.Helper()
 	dyn, mapper := dynamicClient(t, lab)
 	for _, obj := range objs {
@@ -508,6 +509,13 @@ func applyObjects(t *testing.T, ctx context.Context, lab *kubelab.Cluster, objs 
 	}
 }
 
+// apiAccess is an API with admin rights: a *kubelab.Cluster, or one
+// running in another process.
+type apiAccess interface {
+	RESTConfig() *rest.Config
+	Clientset() kubernetes.Interface
+}
+
 // serverSideApply applies obj as `kubectl apply --server-side` does: an
 // apply patch with a field manager, conflicts forced, and strict field
 // validation, so a misspelt or misplaced field is an error, not a warning.
@@ -522,7 +530,7 @@ func serverSideApply(ctx context.Context, ri dynamic.ResourceInterface, obj *uns
 	return err
 }
 
-func dynamicClient(t *testing.T, lab *kubelab.Cluster) (*dynamic.DynamicClient, meta.RESTMapper) {
+func dynamicClient(t *testing.T, lab apiAccess) (*dynamic.DynamicClient, meta.RESTMapper) {
 	t.Helper()
 	dyn, err := dynamic.NewForConfig(lab.RESTConfig())
 	if err != nil {
