@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -48,11 +47,11 @@ func (a *agent) setupKube(ctx context.Context, g *errgroup.Group) (seeds, genesi
 	}
 	seeds = a.nodes.Seeds()
 	if a.cfg.IPAllocInit == "" || a.cfg.IPAllocInit == "kube" {
-		candidates := a.nodes.Names()
-		if !slices.Contains(candidates, a.cfg.NodeName) {
-			candidates = append(candidates, a.cfg.NodeName)
-		}
-		genesis, err = kube.EnsureGenesis(ctx, client, a.cfg.PodCIDR, candidates)
+		// The first daemon seeds the ring with itself alone: a Node that
+		// never runs weft (another OS, a node pool on another network)
+		// would otherwise keep a share nobody can use. The others get
+		// space by donation, which takes one request.
+		genesis, err = kube.EnsureGenesis(ctx, client, a.cfg.PodCIDR, []string{a.cfg.NodeName})
 		if err != nil {
 			return nil, nil, fmt.Errorf("the address ring's genesis from Kubernetes: %w", err)
 		}
@@ -68,11 +67,16 @@ func (a *agent) setupKube(ctx context.Context, g *errgroup.Group) (seeds, genesi
 // NetworkPolicy.
 func (a *agent) runKube(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error {
+		// New Nodes are joined as they appear, and all of them again now
+		// and then: a Node is usually registered before its daemon runs.
+		rejoin := time.NewTicker(30 * time.Second)
+		defer rejoin.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-a.nodes.Changes():
+			case <-rejoin.C:
 			}
 			if n, err := a.mesh.Join(ctx, a.nodes.Seeds()); n > 0 {
 				a.log.Info("joined new Nodes", "contacted", n)
