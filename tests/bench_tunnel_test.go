@@ -90,6 +90,10 @@ func wireguardGoUpstream() string {
 	return p
 }
 
+// BenchmarkTunnel compares weft's data path with the underlay and with
+// standalone wireguard-go, as described at the top of this file:
+//
+//	sudo go test -run '^$' -bench Tunnel -benchtime 3x -v ./tests/
 func BenchmarkTunnel(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root: runs tunnels in network namespaces")
