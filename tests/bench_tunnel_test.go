@@ -375,34 +375,12 @@ func startStandalone(b *testing.B, ctx context.Context, nodes []*netlab.Node, bi
 // MTU of the standalone tunnels, and returns their tunnel addresses.
 func startWeft(b *testing.B, ctx context.Context, nodes []*netlab.Node) map[string]netip.Addr {
 	b.Helper()
-	names := make([]string, len(nodes))
-	for i, n := range nodes {
-		names[i] = n.Name
-	}
-	for _, n := range nodes {
-		err := n.StartDaemon("--peers", nodes[0].Addr.String(), "--ipalloc-init", "seed="+strings.Join(names, ","),
-			"--wg-mode", "userspace", "--metrics-addr", "", "--log-level", "info", "--mtu", strconv.Itoa(benchMTU))
-		if err != nil {
-			b.Fatalf("start daemon on %s: %v", n.Name, err)
-		}
-	}
-	for _, n := range nodes {
-		if err := n.WaitSocket(ctx); err != nil {
-			b.Fatal(err)
-		}
-	}
-	addrs := map[string]netip.Addr{}
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		err := meshed(ctx, nodes, addrs)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("no mesh: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond) // polling the daemons' status
-	}
+	// Later flags win: info logging, as in production, and the MTU of the
+	// standalone tunnels.
+	startAll(b, ctx, nodes, func(*netlab.Node) []string {
+		return seedArgs(nodes[0], nodes, "--log-level", "info", "--mtu", strconv.Itoa(benchMTU))
+	})
+	addrs := waitMesh(b, ctx, nodes)
 	for _, n := range nodes {
 		out, err := n.Exec(ctx, "ip", "-o", "link", "show", "dev", "weft")
 		if err != nil {
@@ -418,35 +396,6 @@ func startWeft(b *testing.B, ctx context.Context, nodes []*netlab.Node) map[stri
 		}
 	}
 	return addrs
-}
-
-// meshed checks that every node is ready and sees every other alive, and
-// fills addrs with the nodes' tunnel addresses.
-func meshed(ctx context.Context, nodes []*netlab.Node, addrs map[string]netip.Addr) error {
-	for _, n := range nodes {
-		st, err := peersStatus(ctx, n)
-		if err != nil {
-			return fmt.Errorf("%s: %w", n.Name, err)
-		}
-		if !st.Ready {
-			return fmt.Errorf("%s not ready: %s", n.Name, st.Reason)
-		}
-		a, err := netip.ParseAddr(st.TunnelAddr)
-		if err != nil {
-			return fmt.Errorf("%s has no tunnel address", n.Name)
-		}
-		addrs[n.Name] = a
-		alive := 0
-		for _, p := range st.Peers {
-			if p.State == "alive" && p.TunnelAddr != "" {
-				alive++
-			}
-		}
-		if alive != len(nodes)-1 {
-			return fmt.Errorf("%s sees %d of %d peers alive", n.Name, alive, len(nodes)-1)
-		}
-	}
-	return nil
 }
 
 // benchPods gives each node one pod through weft-cni.

@@ -15,7 +15,7 @@ import (
 )
 
 // newLab builds a lab for an end-to-end test of the real weft binary.
-func newLab(t *testing.T) *netlab.Lab {
+func newLab(t testing.TB) *netlab.Lab {
 	t.Helper()
 	if weftBinary == "" {
 		if weftBinaryErr != nil {
@@ -38,7 +38,7 @@ func seedArgs(seed *netlab.Node, nodes []*netlab.Node, extra ...string) []string
 	return append(args, extra...)
 }
 
-func startAll(t *testing.T, ctx context.Context, nodes []*netlab.Node, args func(*netlab.Node) []string) {
+func startAll(t testing.TB, ctx context.Context, nodes []*netlab.Node, args func(*netlab.Node) []string) {
 	t.Helper()
 	for _, n := range nodes {
 		if err := n.StartDaemon(args(n)...); err != nil {
@@ -61,7 +61,7 @@ func peersStatus(ctx context.Context, n *netlab.Node) (daemon.PeersStatus, error
 // waitMesh waits until every node is ready and has every other node as a
 // live peer whose tunnel address its WireGuard entry routes, and returns
 // each node's tunnel address.
-func waitMesh(t *testing.T, ctx context.Context, nodes []*netlab.Node) map[string]netip.Addr {
+func waitMesh(t testing.TB, ctx context.Context, nodes []*netlab.Node) map[string]netip.Addr {
 	t.Helper()
 	addrs := map[string]netip.Addr{}
 	poll(t, ctx, func() error {
@@ -108,7 +108,7 @@ func routes(prefixes []string, addr string) bool {
 }
 
 // poll retries f until it succeeds or ctx ends.
-func poll(t *testing.T, ctx context.Context, f func() error) {
+func poll(t testing.TB, ctx context.Context, f func() error) {
 	t.Helper()
 	var err error
 	for {
@@ -124,7 +124,7 @@ func poll(t *testing.T, ctx context.Context, f func() error) {
 }
 
 // pingAll checks that every node reaches every other node's tunnel address.
-func pingAll(t *testing.T, ctx context.Context, nodes []*netlab.Node, addrs map[string]netip.Addr) {
+func pingAll(t testing.TB, ctx context.Context, nodes []*netlab.Node, addrs map[string]netip.Addr) {
 	t.Helper()
 	for _, a := range nodes {
 		for _, b := range nodes {
