@@ -143,7 +143,7 @@ func (a *agent) view() (meshView, netip.Addr) {
 // reconcile is one pass: tunnel link, peers, routes, masquerade.
 func (a *agent) reconcile(mem endpointMemory) error {
 	a.refreshPeers(time.Now())
-	v, self := a.view()
+	_, self := a.view()
 	var errs []error
 	link, err := a.nl.LinkByName(a.tun.Name())
 	if err != nil {
@@ -159,9 +159,9 @@ func (a *agent) reconcile(mem endpointMemory) error {
 	if err := a.judgePaths(dev.Peers, time.Now()); err != nil {
 		errs = append(errs, err)
 	}
-	// The relays may have changed; the tunnel address stays the one the
-	// link was set up with in this pass.
-	v, _ = a.view()
+	// The view after judging the paths (relays may have changed); the
+	// tunnel address stays the one the link was set up with in this pass.
+	v, _ := a.view()
 	if dev.PrivateKey != a.key || dev.ListenPort != a.cfg.WGPort {
 		if err := a.tun.Configure(wgtypes.Config{PrivateKey: &a.key, ListenPort: &a.cfg.WGPort}); err != nil {
 			errs = append(errs, fmt.Errorf("set tunnel key and port: %w", err))

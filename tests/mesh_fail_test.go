@@ -154,7 +154,7 @@ func TestMeshKillRestartAndReap(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const reap = 20 * time.Second
-	nodes, addrs := meshOf(t, ctx, lab, 3, "--reap-time", reap.String())
+	nodes, _ := meshOf(t, ctx, lab, 3, "--reap-time", reap.String())
 	victim := nodes[2]
 	before, err := peersStatus(ctx, victim)
 	if err != nil {
@@ -217,7 +217,7 @@ func TestMeshKillRestartAndReap(t *testing.T) {
 	if err := victim.WaitSocket(ctx); err != nil {
 		t.Fatal(err)
 	}
-	addrs = waitMesh(t, ctx, nodes)
+	addrs := waitMesh(t, ctx, nodes)
 	after, err := peersStatus(ctx, victim)
 	if err != nil {
 		t.Fatal(err)
@@ -235,7 +235,7 @@ func TestMeshPartitionHeals(t *testing.T) {
 	lab := newLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	nodes, addrs := meshOf(t, ctx, lab, 4)
+	nodes, _ := meshOf(t, ctx, lab, 4)
 	left, right := nodes[:2], nodes[2:]
 	if err := lab.CutGroups(left, right); err != nil {
 		t.Fatal(err)
@@ -263,7 +263,7 @@ func TestMeshPartitionHeals(t *testing.T) {
 	}
 	healed := time.Now()
 	cfg := mesh.DefaultConfig()
-	addrs = waitMesh(t, ctx, nodes)
+	addrs := waitMesh(t, ctx, nodes)
 	took := time.Since(healed)
 	t.Logf("partition healed after %v (documented: within RejoinInterval %v plus a join)", took.Round(time.Millisecond), cfg.RejoinInterval)
 	if took > cfg.RejoinInterval+cfg.TCPTimeout+5*time.Second {
