@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,6 +20,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/weftnet/weft/api"
 	"github.com/weftnet/weft/daemon"
@@ -71,7 +73,6 @@ func (p *policyPod) String() string { return p.ns + "/" + p.name }
 // spread over them (each node holds one pod of each namespace, so some
 // pairs talk within a node and most across).
 type policyCluster struct {
-	lab    *netlab.Lab
 	client kubernetes.Interface
 	nodes  []*netlab.Node
 	pods   []*policyPod // x/a, x/b, x/c, y/a, ...
@@ -88,15 +89,15 @@ func newPolicyCluster(t *testing.T, ctx context.Context) *policyCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api := startKubelabHelper(t, ctx, cp.Netns, cp.Addr)
+	kapi := startKubelabHelper(t, ctx, cp.Netns, cp.Addr)
 	nodes, err := lab.AddNodes(0, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	applyObjects(t, ctx, api, readManifest(t, manifestPath))
-	kubeconfig := api.saKubeconfig
+	applyObjects(t, ctx, kapi, readManifest(t, manifestPath))
+	kubeconfig := kapi.saKubeconfig
 	for _, n := range nodes {
-		if err := registerNode(ctx, api.Clientset(), n.Name, n.Addr); err != nil {
+		if err := registerNode(ctx, kapi.Clientset(), n.Name, n.Addr); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -112,7 +113,16 @@ func newPolicyCluster(t *testing.T, ctx context.Context) *policyCluster {
 	})
 	waitMesh(t, ctx, nodes)
 
-	c := &policyCluster{lab: lab, client: api.Clientset(), nodes: nodes}
+	// A client of our own: the probes' expectations read the API often,
+	// and the pods' duplicate port 80 (see startPod) is meant.
+	cfg := kapi.RESTConfig()
+	cfg.QPS, cfg.Burst = 1000, 1000
+	cfg.WarningHandler = rest.NoWarnings{}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &policyCluster{client: client, nodes: nodes}
 	for _, ns := range policyNamespaces {
 		labels := map[string]string{"ns": ns}
 		if ns != "z" {
@@ -330,9 +340,12 @@ func (c *policyCluster) probeOnce(ctx context.Context, pr probe) bool {
 			wait = deadline
 		}
 		conn.SetReadDeadline(wait)
-		if n, err := conn.Read(buf); err == nil && string(buf[:n]) == "probe" {
+		n, err := conn.Read(buf)
+		if err == nil && string(buf[:n]) == "probe" {
 			return true
-		} else if ne, ok := err.(net.Error); err != nil && !(ok && ne.Timeout()) {
+		}
+		var ne net.Error
+		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
 			return false // refused: no server, or rejected
 		}
 	}
@@ -369,8 +382,9 @@ func (c *policyCluster) probeAll(ctx context.Context, probes []probe, want matri
 const policyWait = 10 * time.Second
 
 // waitMatrix probes the whole matrix until it is the expected one or
-// policyWait passes, and then fails with the difference.
-func (c *policyCluster) waitMatrix(t *testing.T, ctx context.Context, what string) {
+// policyWait passes, and then fails with the difference. It reports
+// whether the matrix was the expected one.
+func (c *policyCluster) waitMatrix(t *testing.T, ctx context.Context, what string) bool {
 	t.Helper()
 	want := c.expected(t, ctx)
 	probes := c.allProbes()
@@ -385,11 +399,11 @@ func (c *policyCluster) waitMatrix(t *testing.T, ctx context.Context, what strin
 				}
 			}
 			t.Logf("%s: the matrix is as expected after %d rounds, %d of %d probes denied", what, round, denied, len(probes))
-			return
+			return true
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			t.Errorf("%s: the matrix is not the expected one after %d rounds (%v):\n%s", what, round, policyWait, c.render(want, got))
-			return
+			return false
 		}
 	}
 }

@@ -34,12 +34,16 @@ func TestPolicy(t *testing.T) {
 	}
 
 	for _, sc := range policyScenarios(c) {
+		restored := false
 		t.Run(sc.name, func(t *testing.T) {
 			c.createPolicies(t, ctx, sc.policies)
 			c.waitMatrix(t, ctx, "with the policies")
 			c.deleteAllPolicies(t, ctx)
-			c.waitMatrix(t, ctx, "after deleting the policies")
+			restored = c.waitMatrix(t, ctx, "after deleting the policies")
 		})
+		if !restored {
+			t.Fatalf("scenario %q left the cluster without full reachability; the next ones would tell nothing", sc.name)
+		}
 	}
 	t.Run("changes take effect within 2s", func(t *testing.T) {
 		testPolicyTiming(t, ctx, c)

@@ -59,6 +59,21 @@ func testPolicyTiming(t *testing.T, ctx context.Context, c *policyCluster) {
 			c.setPodLabels(t, ctx, yb, map[string]string{"pod": "b", "tier": "backend"})
 		}))
 	}
+	// The pod a policy selects: backends of x take ingress from x only,
+	// and x/b stops being a backend and becomes one again.
+	c.deleteAllPolicies(t, ctx)
+	c.createPolicies(t, ctx, []*networkingv1.NetworkPolicy{
+		netpol("x", "backends-from-x", *labelsOf("tier", "backend"), ingressOnly,
+			ingressRules(rule(nil, peer(everything(), nil))), nil)})
+	c.waitMatrix(t, ctx, "x's backends only from x")
+	xb := c.pod("x", "b")
+	labelTimes = append(labelTimes, c.timeChange(t, ctx, "relabel x/b off the backends", func() {
+		c.setPodLabels(t, ctx, xb, map[string]string{"pod": "b"})
+	}))
+	labelTimes = append(labelTimes, c.timeChange(t, ctx, "relabel x/b back", func() {
+		c.setPodLabels(t, ctx, xb, map[string]string{"pod": "b", "tier": "backend"})
+	}))
+
 	// A namespace's labels: only team blue (x and y) reaches z/c, then y
 	// leaves the team and rejoins.
 	c.deleteAllPolicies(t, ctx)
@@ -156,6 +171,7 @@ func (c *policyCluster) timeChange(t *testing.T, ctx context.Context, what strin
 		t.Errorf("%s: not in the matrix after %v", what, policyWait)
 		took = policyWait
 	}
+	t.Logf("%s: %d cells changed, seen after %v (%d probe rounds)", what, len(changed), took.Round(time.Millisecond), len(rounds))
 	c.waitMatrix(t, ctx, what)
 	return took
 }
