@@ -44,12 +44,12 @@ func (d *demo) waitMesh(ctx context.Context) error {
 			d.tunnel[n.Name], _ = netip.ParseAddr(st.TunnelAddr)
 			ok := 0
 			for _, p := range st.Peers {
-				if p.State == "alive" && p.LastHandshake != "" {
+				if p.State == "alive" && p.LastHandshake != "" && carries(p.AllowedIPs, p.TunnelAddr) {
 					ok++
 				}
 			}
 			if ok != len(d.nodes)-1 {
-				missing = fmt.Sprintf("%s has handshakes with %d of %d peers", n.Name, ok, len(d.nodes)-1)
+				missing = fmt.Sprintf("%s has tunnels with handshakes to %d of %d peers", n.Name, ok, len(d.nodes)-1)
 				break
 			}
 		}
@@ -186,10 +186,26 @@ func (d *demo) matrix(ctx context.Context, names []string, n int, netns func(int
 	return nil
 }
 
-// pingRetry allows a first ping to wait for a handshake.
+// carries reports whether a peer's AllowedIPs hold its tunnel address, so
+// traffic to it is routed into its tunnel.
+func carries(allowed []string, addr string) bool {
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return false
+	}
+	for _, s := range allowed {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// pingRetry allows a first ping to wait for a handshake, on a busy machine
+// too.
 func pingRetry(ctx context.Context, netns string, dst netip.Addr) (time.Duration, error) {
 	var err error
-	for range 3 {
+	for range 5 {
 		var rtt time.Duration
 		if rtt, err = netlab.Ping(ctx, netns, dst, time.Second); err == nil {
 			return rtt, nil
