@@ -164,6 +164,14 @@ func policyScenarios(c *policyCluster) []policyScenario {
 				egressRules(rule(ports(protoOnly(corev1.ProtocolTCP)), peer(labelsOf("pod", "a"), labelsOf("ns", "y"))))),
 			netpol("y", "a-80-from-x", podIs("a"), ingressOnly,
 				ingressRules(rule(ports(portNum(corev1.ProtocolTCP, 80), portNum(corev1.ProtocolUDP, 80)), peer(nil, labelsOf("ns", "x")))), nil)}},
+		{"pods to isolate chosen by matchExpressions", []*networkingv1.NetworkPolicy{
+			netpol("x", "deny-egress-but-a", *selExpr("pod", metav1.LabelSelectorOpNotIn, "a"), egressOnly, nil, nil)}},
+		{"ipBlock of one pod on another node", []*networkingv1.NetworkPolicy{
+			netpol("y", "c-from-x-a-ip", podIs("c"), ingressOnly, ingressRules(rule(nil, ipPeer(xa))), nil)}},
+		{"UDP endPort from expressions on namespaces and pods", []*networkingv1.NetworkPolicy{
+			netpol("z", "udp-80-81", metav1.LabelSelector{}, ingressOnly, ingressRules(rule(
+				ports(portRange(corev1.ProtocolUDP, 80, 81)),
+				peer(selExpr("pod", metav1.LabelSelectorOpIn, "a", "b"), selExpr("ns", metav1.LabelSelectorOpNotIn, "z")))), nil)}},
 		{"egress to backends anywhere", []*networkingv1.NetworkPolicy{
 			netpol("y", "to-backends", metav1.LabelSelector{}, egressOnly, nil,
 				egressRules(rule(nil, peer(labelsOf("tier", "backend"), everything()))))}},
