@@ -1,11 +1,15 @@
 package policy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -175,9 +179,30 @@ func TestTrafficThroughNode(t *testing.T) {
 	a := NewApplier(Config{NetNS: int(node.Fd())})
 	t.Cleanup(func() { _ = a.Remove() })
 
+	// The drop log reads the samples of the applier's NFLOG rules and
+	// explains them with the rule set in force.
+	var current atomic.Pointer[RuleSet]
+	dl := NewDropLog(DropLogConfig{NetNS: int(node.Fd()), Explain: func(p Packet) string {
+		if rs := current.Load(); rs != nil {
+			_, why := rs.Allows(p)
+			return why.String()
+		}
+		return ""
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	dlDone := make(chan error, 1)
+	go func() { dlDone <- dl.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-dlDone; err != nil {
+			t.Errorf("drop log: %v", err)
+		}
+	})
+
 	check := func(phase string, want80, want81 bool) {
 		t.Helper()
 		rs := Compile(in)
+		current.Store(&rs)
 		if err := a.Apply(rs); err != nil {
 			t.Fatalf("%s: apply: %v", phase, err)
 		}
@@ -221,6 +246,29 @@ func TestTrafficThroughNode(t *testing.T) {
 	}
 	if in81 == 0 {
 		t.Errorf("no drop counted for the ingress of y/b: %+v", drops)
+	}
+	// And sampled with its reason.
+	deadline := time.Now().Add(5 * time.Second)
+	var logged *Drop
+	for logged == nil && time.Now().Before(deadline) {
+		for _, d := range dl.Recent() {
+			if d.Pod == "y/b" && d.Direction == Ingress && d.Port == 81 && d.Proto == "tcp" {
+				logged = &d
+				break
+			}
+		}
+		if logged == nil {
+			time.Sleep(50 * time.Millisecond) // polling the drop log
+		}
+	}
+	if logged == nil {
+		t.Fatalf("no sampled drop of y/b port 81 in the drop log: %+v", dl.Recent())
+	}
+	if !strings.Contains(logged.Reason, "default deny") || !strings.Contains(logged.Reason, "allow-80") {
+		t.Errorf("drop reason %q should name the default deny and the policy in force", logged.Reason)
+	}
+	if logged.Src != netip.MustParseAddr("10.32.1.5") && logged.Src != netip.MustParseAddr("fd00:1::5") {
+		t.Errorf("drop source %s is not pod x/a", logged.Src)
 	}
 
 	// Swap to an egress policy on a: only TCP 81 out.
