@@ -64,6 +64,7 @@ type agent struct {
 	kube          kubernetes.Interface // nil without Kubernetes
 	nodes         *kube.Nodes
 	applier       *policy.Applier // nil without Kubernetes
+	drops         *policy.DropLog
 	ruleSet       policy.RuleSet
 	policyApplied time.Time
 }

@@ -30,6 +30,7 @@ type PolicyStatus struct {
 	Policies  []policy.PolicySummary `json:"policies"`
 	Pods      []policy.PodSummary    `json:"pods"`
 	Drops     []policy.DropCount     `json:"drops"`
+	Recent    []policy.Drop          `json:"recentDrops"` // sampled drops with their reason, oldest first
 	Warnings  []string               `json:"warnings,omitempty"`
 	Applied   string                 `json:"applied,omitempty"` // when the rules last changed, RFC 3339
 }
@@ -68,9 +69,19 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) err
 		}
 	}
 	applier := policy.NewApplier(policy.Config{Logger: a.log.With("part", "policy")})
+	drops := policy.NewDropLog(policy.DropLogConfig{Logger: a.log.With("part", "policy"), Explain: a.explainDrop})
 	a.mu.Lock()
 	a.applier = applier
+	a.drops = drops
 	a.mu.Unlock()
+	dropsDone := make(chan struct{})
+	go func() {
+		defer close(dropsDone)
+		if err := drops.Run(ctx); err != nil {
+			a.log.Warn("sampled NetworkPolicy drops are not logged; the counters still count them", "err", err)
+		}
+	}()
+	defer func() { <-dropsDone }()
 	sync := time.NewTicker(policySync)
 	defer sync.Stop()
 	poke()
@@ -119,6 +130,15 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) err
 	}
 }
 
+// explainDrop says why the rule set in force drops pkt.
+func (a *agent) explainDrop(pkt policy.Packet) string {
+	a.mu.Lock()
+	rs := a.ruleSet
+	a.mu.Unlock()
+	_, why := rs.Allows(pkt)
+	return why.String()
+}
+
 // nodeAddrs are this node's own addresses: traffic from them to local pods
 // (kubelet probes) is always allowed.
 func (a *agent) nodeAddrs() []netip.Addr {
@@ -133,11 +153,11 @@ func (a *agent) nodeAddrs() []netip.Addr {
 
 func (a *agent) policyStatus() (PolicyStatus, error) {
 	a.mu.Lock()
-	applier, rs, applied := a.applier, a.ruleSet, a.policyApplied
+	applier, rs, applied, dl := a.applier, a.ruleSet, a.policyApplied, a.drops
 	a.mu.Unlock()
 	if applier == nil {
 		return PolicyStatus{Reason: "NetworkPolicy is enforced only with Kubernetes (--kubeconfig or in a pod)",
-			Policies: []policy.PolicySummary{}, Pods: []policy.PodSummary{}, Drops: []policy.DropCount{}}, nil
+			Policies: []policy.PolicySummary{}, Pods: []policy.PodSummary{}, Drops: []policy.DropCount{}, Recent: []policy.Drop{}}, nil
 	}
 	sum := rs.Summary()
 	st := PolicyStatus{Enforcing: true, Policies: sum.Policies, Pods: sum.Pods, Warnings: rs.Warnings}
@@ -149,6 +169,10 @@ func (a *agent) policyStatus() (PolicyStatus, error) {
 		return st, fmt.Errorf("read drop counters: %w", err)
 	}
 	st.Drops = drops
+	st.Recent = dl.Recent()
+	if st.Recent == nil {
+		st.Recent = []policy.Drop{}
+	}
 	if st.Policies == nil {
 		st.Policies = []policy.PolicySummary{}
 	}

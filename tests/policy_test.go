@@ -45,6 +45,9 @@ func TestPolicy(t *testing.T) {
 			t.Fatalf("scenario %q left the cluster without full reachability; the next ones would tell nothing", sc.name)
 		}
 	}
+	t.Run("drops are counted and explained", func(t *testing.T) {
+		testPolicyDropsExplained(t, ctx, c)
+	})
 	t.Run("changes take effect within 2s", func(t *testing.T) {
 		testPolicyTiming(t, ctx, c)
 	})
