@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -312,42 +310,6 @@ func registerNode(ctx context.Context, cs kubernetes.Interface, name string, ip 
 	}
 	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("write status of node %s: %w", name, err)
-	}
-	return nil
-}
-
-// addrOnBridge gives the bridge named br in the network namespace at path
-// the address p, so a server there is on the same L2 as the nodes. It
-// fixes the bridge's MAC first: a bridge takes the lowest MAC of its ports
-// unless it has one of its own, and a node added later would change it.
-//
-// A kubelab started in the test process dies with the OS thread that
-// started it, which netlab may discard at any later lab operation; run it
-// with startKubelabHelper instead, in a lab node of its own.
-func addrOnBridge(path, br string, p netip.Prefix) error {
-	nsh, err := netns.GetFromPath(path)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", path, err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", path, err)
-	}
-	defer h.Close()
-	link, err := h.LinkByName(br)
-	if err != nil {
-		return fmt.Errorf("find %s in %s: %w", br, path, err)
-	}
-	if err := h.LinkSetHardwareAddr(link, net.HardwareAddr{0x02, 0x77, 0x65, 0x66, 0x74, 0x01}); err != nil {
-		return fmt.Errorf("fix the MAC of %s: %w", br, err)
-	}
-	addr, err := netlink.ParseAddr(p.String())
-	if err != nil {
-		return err
-	}
-	if err := h.AddrAdd(link, addr); err != nil {
-		return fmt.Errorf("add %s to %s: %w", p, br, err)
 	}
 	return nil
 }
