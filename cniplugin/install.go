@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/invoke"
+
+	"github.com/weftnet/weft/internal/atomicfile"
 )
 
 // ConflistName is the network config file Install writes in the conf dir.
@@ -232,45 +233,8 @@ func installBinary(src, dst string) error {
 	})
 }
 
-// writeAtomic writes dst through a temporary file in the same directory:
-// written, chmod'ed, synced and closed, then renamed over dst, and the
-// directory synced. Readers see the old file or the new one, never a part.
-func writeAtomic(dst string, mode os.FileMode, write func(io.Writer) error) (err error) {
-	dir := filepath.Dir(dst)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err := write(tmp); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: sync: %w", dst, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if testHookBeforeRename != nil {
-		testHookBeforeRename(tmp.Name(), dst)
-	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		serr := d.Sync()
-		d.Close()
-		if serr != nil && !errors.Is(serr, os.ErrInvalid) {
-			return fmt.Errorf("write %s: sync %s: %w", dst, dir, serr)
-		}
-	}
-	return nil
+// writeAtomic writes dst atomically (see package atomicfile), so a runtime
+// never reads or executes half a file.
+func writeAtomic(dst string, mode os.FileMode, write func(io.Writer) error) error {
+	return atomicfile.Writer{BeforeRename: testHookBeforeRename}.Write(dst, mode, write)
 }

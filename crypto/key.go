@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftnet/weft/internal/atomicfile"
 )
 
 // PrivateKeyFile is the name of the node's WireGuard private key file inside
@@ -45,7 +47,7 @@ func LoadOrCreatePrivateKey(stateDir string, logger *slog.Logger) (wgtypes.Key, 
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return wgtypes.Key{}, fmt.Errorf("create state directory %s: %w", stateDir, err)
 	}
-	if err := writeFileAtomic(path, []byte(key.String()+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteBytes(path, 0o600, []byte(key.String()+"\n")); err != nil {
 		return wgtypes.Key{}, fmt.Errorf("store WireGuard private key: %w", err)
 	}
 	logger.Info("created WireGuard private key", "file", path, "public_key", key.PublicKey().String())
@@ -75,43 +77,4 @@ func loadPrivateKey(path string, logger *slog.Logger) (wgtypes.Key, error) {
 			"file", path, "mode", fmt.Sprintf("%#o", info.Mode().Perm()))
 	}
 	return key, nil
-}
-
-// writeFileAtomic writes data to path through a synced temporary file in the
-// same directory and a rename, then syncs the directory, so that a crash
-// leaves either no file or the whole file.
-func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("create temporary file in %s: %w", dir, err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return fmt.Errorf("chmod %s: %w", tmp.Name(), err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("rename into %s: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open %s to sync it: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }

@@ -2,11 +2,11 @@ package daemon
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 
+	"github.com/weftnet/weft/internal/atomicfile"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -45,36 +45,13 @@ func (a *agent) rememberMembers(members []mesh.Peer) {
 	if slices.Equal(addrs, a.savedMembers) {
 		return
 	}
-	if err := writeFileAtomic(filepath.Join(a.cfg.StateDir, knownPeersFile), addrs); err != nil {
+	b, err := json.Marshal(addrs)
+	if err == nil {
+		err = atomicfile.WriteBytes(filepath.Join(a.cfg.StateDir, knownPeersFile), 0o644, b)
+	}
+	if err != nil {
 		a.log.Warn("save known peers", "err", err)
 		return
 	}
 	a.savedMembers = addrs
-}
-
-func writeFileAtomic(path string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("rename %s: %w", path, err)
-	}
-	return nil
 }
