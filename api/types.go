@@ -1,6 +1,15 @@
 package api
 
-import "net/netip"
+import (
+	"net/netip"
+	"time"
+)
+
+// AllocateWait bounds how long the daemon lets an allocation wait for
+// address space (a donation from a peer) before it answers CodeNotReady,
+// so the plugin, which waits 5 s for the daemon, always gets an answer it
+// can pass on to the runtime as "try again later".
+const AllocateWait = 4 * time.Second
 
 // Paths of the daemon's local API. Every request and answer is JSON; errors
 // come back as Error with a non-2xx status.

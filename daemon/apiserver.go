@@ -44,6 +44,8 @@ func (s *apiServer) handler() http.Handler {
 		writeJSON(w, http.StatusOK, s.b.Ready())
 	})
 	mux.HandleFunc("POST "+api.PathCNIAllocate, s.attachment(func(ctx context.Context, a api.Attachment) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, api.AllocateWait)
+		defer cancel()
 		return s.b.Allocate(ctx, a)
 	}))
 	mux.HandleFunc("POST "+api.PathCNIRelease, s.attachment(func(ctx context.Context, a api.Attachment) (any, error) {

@@ -7,7 +7,6 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"time"
 
 	"github.com/weftnet/weft/ipalloc/ring"
 )
@@ -34,6 +33,9 @@ func (a *Allocator) recompute() {
 	}
 	a.usable, a.free = usable, n
 	a.publishFree()
+	if n > 0 {
+		a.wakeLocked()
+	}
 }
 
 // publishFree puts this node's free count in the ring for others to see.
@@ -47,10 +49,6 @@ func (a *Allocator) publishFree() {
 	}
 	a.ring.SetFree(a.cfg.Self, n)
 }
-
-// silentFor is how long a peer that did not answer a donation request is
-// asked only as a last resort.
-const silentFor = 30 * time.Second
 
 // subtract removes cut from sorted, disjoint spans.
 func subtract(spans []ring.Span, cut ring.Span) []ring.Span {
@@ -111,13 +109,16 @@ func (a *Allocator) Ready() (bool, string) {
 // Allocate returns the address of key, handing out a new one if key has
 // none; the allocation is on disk before Allocate returns. meta (pod
 // namespace and name, netns) is stored with it. When this node has no free
-// address it asks peers for a share; errors wrap ErrFull (the whole range is
-// full) or ErrNoSpace (retry later).
+// address it has peers asked for a share (see seek.go) and waits for one
+// until ctx ends or the peers asked gave nothing; errors wrap ErrFull (the
+// whole range is full) or ErrNoSpace (retry later). It never waits on a
+// peer longer than ctx allows.
 func (a *Allocator) Allocate(ctx context.Context, key Key, meta map[string]string) (netip.Addr, error) {
 	if key.ContainerID == "" || key.IfName == "" || len(key.ContainerID) > 1024 || len(key.IfName) > 64 {
 		return netip.Addr{}, fmt.Errorf("allocate: bad key %q/%q: want a container ID and an interface name", key.ContainerID, key.IfName)
 	}
-	tried := map[string]bool{}
+	var round uint64
+	waited := false
 	for {
 		live := a.livePeers()
 		a.mu.Lock()
@@ -126,42 +127,30 @@ func (a *Allocator) Allocate(ctx context.Context, key Key, meta map[string]strin
 			a.mu.Unlock()
 			return addr, err
 		}
-		if a.inflight != nil {
-			// Another Allocate is asking for space; wait for its outcome.
-			wait := a.inflight
-			a.mu.Unlock()
-			select {
-			case <-wait:
-				continue
-			case <-ctx.Done():
-				return netip.Addr{}, noSpaceError{fmt.Sprintf("no free address on this node while waiting for a donation: %v", ctx.Err())}
-			}
-		}
-		peer, err := a.chooseDonorLocked(live, tried)
-		if err != nil {
+		// A round that ended since this call began waiting, without
+		// space for it: say why rather than ask the same peers again.
+		if waited && a.rounds != round && !a.seeking && a.seekErr != nil {
+			err := a.seekErr
 			a.mu.Unlock()
 			return netip.Addr{}, err
 		}
-		tried[peer] = true
-		a.nextID++
-		id, answer, inflight := a.nextID, make(chan bool, 1), make(chan struct{})
-		a.waiting[id], a.inflight = answer, inflight
-		a.mu.Unlock()
-
-		answered := a.askDonation(ctx, peer, id, answer)
-
-		a.mu.Lock()
-		if answered {
-			delete(a.silent, peer)
-		} else {
-			a.silent[peer] = a.cfg.Now()
+		if !waited || a.rounds != round {
+			round, waited = a.rounds, true
 		}
-		delete(a.waiting, id)
-		a.inflight = nil
-		close(inflight)
+		wait, err := a.needSpaceLocked(live)
+		asking := a.seeking
 		a.mu.Unlock()
-		if ctx.Err() != nil {
-			return netip.Addr{}, noSpaceError{fmt.Sprintf("no free address on this node; asked %s for a share: %v", peer, ctx.Err())}
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			why := "no free address on this node yet"
+			if asking {
+				why += " while peers are asked for a share"
+			}
+			return netip.Addr{}, noSpaceError{fmt.Sprintf("%s: %v", why, ctx.Err())}
 		}
 	}
 }
@@ -224,63 +213,6 @@ func (a *Allocator) pick() (uint64, bool) {
 		}
 	}
 	return 0, false
-}
-
-// chooseDonorLocked picks the live peer with the most free addresses that
-// was not asked yet, or says why there is none.
-func (a *Allocator) chooseDonorLocked(live []string, tried map[string]bool) (string, error) {
-	counts := map[string]uint64{}
-	var total uint64
-	for owner, f := range a.ring.FreeCounts() {
-		if owner == a.cfg.Self {
-			continue
-		}
-		n := min(f.Count, a.ring.Owned(owner))
-		counts[owner] = n
-		total += n
-	}
-	if total == 0 && a.free == 0 {
-		return "", fullError{a.cfg.CIDR}
-	}
-	// Peers that lately did not answer a request are asked only when no
-	// other peer with space is left: every waiting ADD would otherwise
-	// spend its whole timeout on the same unreachable donor.
-	var best string
-	var reachable uint64
-	now := a.cfg.Now()
-	better := func(p string) bool {
-		if best == "" {
-			return true
-		}
-		ps, bs := now.Sub(a.silent[p]) < silentFor, now.Sub(a.silent[best]) < silentFor
-		if ps != bs {
-			return bs
-		}
-		return counts[p] > counts[best] || (counts[p] == counts[best] && p < best)
-	}
-	if a.cfg.Transport != nil {
-		for _, p := range live {
-			n := counts[p]
-			reachable += n
-			if n == 0 || tried[p] {
-				continue
-			}
-			if better(p) {
-				best = p
-			}
-		}
-	}
-	if best != "" {
-		return best, nil
-	}
-	if len(tried) > 0 {
-		return "", noSpaceError{fmt.Sprintf("this node has no free address and %d peers asked for a share gave none in time", len(tried))}
-	}
-	if reachable == 0 {
-		return "", noSpaceError{fmt.Sprintf("this node has no free address and no reachable peer has any to give; "+
-			"%d free addresses are held by nodes that are not reachable (weft rmpeer NODE reclaims a dead node's)", total)}
-	}
-	return "", noSpaceError{"this node has no free address and cannot ask peers for a share"}
 }
 
 // Release frees the address of key. It reports the address and whether

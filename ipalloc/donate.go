@@ -86,29 +86,9 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 	}
 }
 
-// askDonation sends a request to peer and waits for the answer or the
-// request timeout; it reports whether the peer answered at all.
-func (a *Allocator) askDonation(ctx context.Context, peer string, id uint64, answer <-chan bool) bool {
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
-	defer cancel()
-	msg, _ := json.Marshal(message{V: msgVersion, Type: msgRequest, ID: id})
-	a.log.Info("asking a peer for addresses", "peer", peer)
-	if err := a.cfg.Transport.Send(ctx, peer, msg); err != nil {
-		a.log.Warn("cannot ask a peer for addresses", "peer", peer, "err", err)
-		return false
-	}
-	select {
-	case <-answer:
-		return true
-	case <-ctx.Done():
-		a.log.Warn("no donation from peer in time", "peer", peer, "timeout", a.cfg.RequestTimeout)
-		return false
-	}
-}
-
 // serveDonation answers one request: split off a free block, transfer it,
 // persist, then answer with the new ring and broadcast it.
-func (a *Allocator) serveDonation(ctx context.Context, in inbound) {
+func (a *Allocator) serveDonation(in inbound) {
 	live := a.livePeers()
 	a.mu.Lock()
 	reason := ""
@@ -140,11 +120,17 @@ func (a *Allocator) serveDonation(ctx context.Context, in inbound) {
 	}
 	msg, _ := json.Marshal(message{V: msgVersion, Type: msgAnswer, ID: in.id, Ring: data, Reason: reason})
 	if a.cfg.Transport != nil {
-		sctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
-		if err := a.cfg.Transport.Send(sctx, in.from, msg); err != nil {
-			a.log.Warn("cannot answer a donation request; the ring reaches it by gossip", "peer", in.from, "err", err)
-		}
-		cancel()
+		// In a goroutine: a requester that cannot be reached must not hold
+		// up the next request.
+		a.bg.Add(1)
+		go func() {
+			defer a.bg.Done()
+			sctx, cancel := context.WithTimeout(a.bgCtx, a.cfg.RequestTimeout)
+			defer cancel()
+			if err := a.cfg.Transport.Send(sctx, in.from, msg); err != nil {
+				a.log.Warn("cannot answer a donation request; the ring reaches it by gossip", "peer", in.from, "err", err)
+			}
+		}()
 	}
 	if delta != nil && a.cfg.Broadcast != nil {
 		a.cfg.Broadcast(delta)

@@ -27,10 +27,21 @@ func (a *Allocator) LocalState() []byte {
 func (a *Allocator) MergeRemote(data []byte) error {
 	live := a.livePeers()
 	a.mu.Lock()
+	owned := a.ring.Owned(a.cfg.Self)
 	changed, err := a.mergeLocked(data, live)
+	var delta []byte
+	if a.ring.Owned(a.cfg.Self) > owned {
+		// Space came to this node (a donation): tell everyone its new free
+		// count now, or peers short of space would not ask it for a share
+		// until the next push/pull.
+		delta = a.ring.Delta(nil, a.cfg.Self).Encode(a.cfg.Self)
+	}
 	a.mu.Unlock()
 	if changed {
 		a.signal()
+	}
+	if delta != nil && a.cfg.Broadcast != nil {
+		a.cfg.Broadcast(delta)
 	}
 	return err
 }

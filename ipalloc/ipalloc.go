@@ -44,7 +44,10 @@
 // reclaim only nodes that are really gone, after the mesh has settled.
 //
 // Concurrency: every method is safe for concurrent use; one mutex guards the
-// allocator's state, and Run serves donation requests from other nodes.
+// allocator's state and is never held while a message is sent. Run serves
+// donation requests from other nodes; donation rounds of this node and the
+// sends of its messages run in goroutines of their own (seek.go), so no
+// caller waits on a peer longer than its context allows.
 package ipalloc
 
 import (
@@ -148,10 +151,21 @@ type Allocator struct {
 	refusedAt   time.Time
 	cursor      uint64
 	nextID      uint64
-	waiting     map[uint64]chan bool // donation requests in flight, by id
-	inflight    chan struct{}        // closed when the current donation attempt ends
-	silent      map[string]time.Time // peers that did not answer a donation request, and when
 	lastRecvErr time.Time
+
+	// Donation rounds (seek.go).
+	waiting map[uint64]chan bool // donation requests in flight, by id
+	sending map[string]int       // sends not returned yet, by peer
+	silent  map[string]time.Time // peers that did not answer a donation request, and when
+	seeking bool                 // a round is running
+	seekErr error                // why the last round gave nothing; nil if it gave space
+	rounds  uint64               // rounds ended
+	spaceCh chan struct{}        // closed when space may have appeared or a round ended
+
+	// Background work: donation rounds, their sends, answers to requests.
+	bgCtx  context.Context
+	bgStop context.CancelFunc
+	bg     sync.WaitGroup
 }
 
 type pendingClaim struct {
@@ -209,10 +223,13 @@ func New(cfg Config) (*Allocator, error) {
 		allocs:  map[Key]*Allocation{},
 		byOff:   map[uint64]Key{},
 		waiting: map[uint64]chan bool{},
+		sending: map[string]int{},
 		silent:  map[string]time.Time{},
+		spaceCh: make(chan struct{}),
 		lost:    map[Key]bool{},
 		ring:    l.ring,
 	}
+	a.bgCtx, a.bgStop = context.WithCancel(context.Background())
 	if err := a.load(l, fresh); err != nil {
 		st.close()
 		return nil, err
@@ -278,20 +295,32 @@ func (a *Allocator) aloneInRing() bool {
 	return true
 }
 
-// Close releases the state file. Call it after Run has returned.
-func (a *Allocator) Close() error { return a.store.close() }
+// Close stops what the allocator does in the background and releases the
+// state file. Call it after Run has returned.
+func (a *Allocator) Close() error {
+	a.stopBackground()
+	return a.store.close()
+}
+
+// stopBackground ends the donation rounds and sends in flight and waits
+// for them; a send blocked in the transport is waited for too.
+func (a *Allocator) stopBackground() {
+	a.bgStop()
+	a.bg.Wait()
+}
 
 // Run serves donation requests from other nodes and checks pending claims
-// until ctx ends.
+// until ctx ends; then it stops the donation rounds in flight.
 func (a *Allocator) Run(ctx context.Context) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	defer a.stopBackground()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case in := <-a.inbox:
-			a.serveDonation(ctx, in)
+			a.serveDonation(in)
 		case <-tick.C:
 			live := a.livePeers()
 			a.mu.Lock()

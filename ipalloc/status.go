@@ -3,6 +3,7 @@ package ipalloc
 import (
 	"net/netip"
 	"slices"
+	"time"
 )
 
 // Status is what `weft status ipam` shows. Its JSON is part of the
@@ -24,6 +25,10 @@ type Status struct {
 	// another genesis (another pod range or seed list) and from whom.
 	RefusedGenesis string        `json:"refusedGenesis,omitempty"`
 	PendingClaims  []ClaimStatus `json:"pendingClaims,omitempty"`
+	// Asking is set while this node asks peers for a share of their
+	// space; LastDonationError says why the last round gave nothing.
+	Asking            bool   `json:"asking,omitempty"`
+	LastDonationError string `json:"lastDonationError,omitempty"`
 }
 
 // NodeStatus is one owner's share of the range.
@@ -34,6 +39,9 @@ type NodeStatus struct {
 	Used      uint64         `json:"used"` // as last published by the node
 	Free      uint64         `json:"free"`
 	Reachable bool           `json:"reachable"`
+	// SilentSince: this peer did not answer this node's last donation
+	// request, sent then; it is asked only after the others for a while.
+	SilentSince *time.Time `json:"silentSince,omitempty"`
 }
 
 // ClaimStatus is a reclaim this node made that is not confirmed yet.
@@ -61,6 +69,10 @@ func (a *Allocator) Status(reachable func(node string) bool) Status {
 	}
 	st.Ready, st.Reason = a.readiness(live)
 	st.RefusedGenesis = a.refused
+	st.Asking = a.seeking
+	if a.seekErr != nil {
+		st.LastDonationError = a.seekErr.Error()
+	}
 	size := a.ring.Size()
 	for _, o := range a.ring.Owners() {
 		ns := NodeStatus{Name: o, Ranges: a.ring.CIDRs(o), Size: a.ring.Owned(o)}
@@ -84,6 +96,10 @@ func (a *Allocator) Status(reachable func(node string) bool) Status {
 			if ns.Size > ns.Free+reserved {
 				ns.Used = ns.Size - ns.Free - reserved
 			}
+		}
+		if t, ok := a.silent[o]; ok && a.cfg.Now().Sub(t) < silentFor {
+			t := t.UTC()
+			ns.SilentSince = &t
 		}
 		if !ns.Reachable {
 			st.UnreachableAddresses += ns.Size

@@ -31,6 +31,11 @@ type Network struct {
 	cfgs  map[string]ipalloc.Config // of every node ever added, for Restart
 	group map[string]int            // partition group of each node; same group talks
 	drop  func(from, to string) bool
+	// silent peers: a send to one blocks for hang, whatever its context
+	// says, then fails, as a TCP dial to a host that drops packets does.
+	silent func(from, to string) bool
+	hang   time.Duration
+	sends  map[[2]string]int // sends attempted, by from and to
 }
 
 // node is one allocator of the network.
@@ -43,7 +48,7 @@ type node struct {
 
 // NewNetwork returns an empty network.
 func NewNetwork() *Network {
-	return &Network{nodes: map[string]*node{}, cfgs: map[string]ipalloc.Config{}, group: map[string]int{}}
+	return &Network{nodes: map[string]*node{}, cfgs: map[string]ipalloc.Config{}, group: map[string]int{}, sends: map[[2]string]int{}}
 }
 
 // Add starts an allocator with cfg, its Transport, Peers and Broadcast
@@ -128,6 +133,23 @@ func (n *Network) SetDrop(drop func(from, to string) bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.drop = drop
+}
+
+// SetSilent makes the sends for which silent is true block for hang,
+// ignoring their context, and then fail with ErrUnreachable: a peer whose
+// packets are dropped rather than refused. nil ends it.
+func (n *Network) SetSilent(silent func(from, to string) bool, hang time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.silent, n.hang = silent, hang
+}
+
+// Sends returns how many sends from asked to (messages of the allocators:
+// donation requests and answers) were attempted, delivered or not.
+func (n *Network) Sends(from, to string) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.sends[[2]string{from, to}]
 }
 
 // Heal ends every partition.
@@ -231,6 +253,14 @@ type transport struct {
 
 // Send delivers msg to peer's HandleMessage, or fails with ErrUnreachable.
 func (t transport) Send(ctx context.Context, peer string, msg []byte) error {
+	t.n.mu.Lock()
+	t.n.sends[[2]string{t.self, peer}]++
+	silent, hang := t.n.silent != nil && t.n.silent(t.self, peer), t.n.hang
+	t.n.mu.Unlock()
+	if silent {
+		time.Sleep(hang)
+		return fmt.Errorf("send to %s: %w (no answer in %s)", peer, ErrUnreachable, hang)
+	}
 	nd := t.n.target(t.self, peer)
 	if nd == nil {
 		return fmt.Errorf("send to %s: %w", peer, ErrUnreachable)
