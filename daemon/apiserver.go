@@ -145,6 +145,34 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// listenPrivate listens on the unix socket path with mode 0600 from its
+// first moment: the socket is made in a fresh directory only root can
+// enter, given its mode there, and then renamed into place, so no other
+// user can ever connect to it (a chmod after the listen leaves a window in
+// which the socket has the umask's mode). A stale socket at path is
+// replaced.
+func listenPrivate(path string) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".listen-")
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, filepath.Base(path))
+	ln, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return ln, nil
+}
+
 // Run serves until ctx is done. A stale socket of an earlier run is removed;
 // a socket another live daemon answers on is an error.
 func (s *apiServer) Run(ctx context.Context) error {
@@ -155,14 +183,9 @@ func (s *apiServer) Run(ctx context.Context) error {
 		c.Close()
 		return fmt.Errorf("another weft daemon answers on %s: stop it first", s.socket)
 	}
-	_ = os.Remove(s.socket)
-	ln, err := net.Listen("unix", s.socket)
+	ln, err := listenPrivate(s.socket)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.socket, err)
-	}
-	if err := os.Chmod(s.socket, 0o600); err != nil {
-		ln.Close()
-		return fmt.Errorf("chmod %s: %w", s.socket, err)
+		return err
 	}
 	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan error, 1)
