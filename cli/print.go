@@ -75,7 +75,15 @@ func printPeers(w io.Writer, st daemon.PeersStatus) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(p.Name), p.State, path, orDash(p.Endpoint),
 			orDash(p.TunnelAddr), hs, bytesHuman(p.RxBytes), bytesHuman(p.TxBytes), strings.Join(p.AllowedIPs, ","))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, p := range st.Peers {
+		if p.Refused != "" {
+			fmt.Fprintf(w, "REFUSED from %s: it %s\n", orDash(p.Name), p.Refused)
+		}
+	}
+	return nil
 }
 
 func printIPAM(w io.Writer, st ipalloc.Status) error {
@@ -86,6 +94,12 @@ func printIPAM(w io.Writer, st ipalloc.Status) error {
 	fmt.Fprintf(w, "pod range %s (%d addresses)  %s  allocations here: %d\n", st.Range, st.Size, ready, st.Allocations)
 	if st.RefusedGenesis != "" {
 		fmt.Fprintf(w, "REFUSED a ring with another genesis: %s\n", st.RefusedGenesis)
+	}
+	if st.Asking {
+		fmt.Fprintln(w, "asking peers for a share of their addresses")
+	}
+	if st.LastDonationError != "" {
+		fmt.Fprintf(w, "last request for addresses: %s\n", st.LastDonationError)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tREACHABLE\tSIZE\tUSED\tFREE\tRANGES")

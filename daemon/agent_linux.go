@@ -78,6 +78,12 @@ type knownPeer struct {
 	Endpoint    string
 	Unreachable []string // the peers it reports it cannot reach directly
 	probe       pathProbe
+	// Announced is the tunnel address the peer gossips; peer.TunnelAddr
+	// holds it only once vetTunnelAddr accepted it. Refused says why not.
+	Announced     netip.Addr
+	Refused       string
+	refusedSince  time.Time
+	refusalLogged bool
 }
 
 // Run runs the node agent until ctx is done.

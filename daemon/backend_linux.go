@@ -140,6 +140,10 @@ type PeerStatus struct {
 	RxBytes       int64    `json:"rxBytes"`
 	TxBytes       int64    `json:"txBytes"`
 	AllowedIPs    []string `json:"allowedIPs"`
+	// Refused says why this node refused what the peer announces (a tunnel
+	// address outside the pod range or its own ranges); such an address
+	// gets no allowed IP and no route.
+	Refused string `json:"refused,omitempty"`
 }
 
 // PeersStatus is `weft status peers --json`.
@@ -217,9 +221,10 @@ func (a *agent) peersStatus() (PeersStatus, error) {
 		if kp := byKey[p.PublicKey.String()]; kp != nil {
 			ps.Name = kp.Name
 			ps.Advertised = kp.Endpoint
-			if kp.TunnelAddr.IsValid() {
-				ps.TunnelAddr = kp.TunnelAddr.String()
+			if kp.Announced.IsValid() {
+				ps.TunnelAddr = kp.Announced.String()
 			}
+			ps.Refused = kp.Refused
 			ps.State = "down"
 			if kp.Alive {
 				ps.State = "alive"

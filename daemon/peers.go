@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -59,6 +60,34 @@ func (v meshView) allowedIPs() map[string][]netip.Prefix {
 		out[name] = normalize(ps)
 	}
 	return out
+}
+
+// checkTunnelAddr says why the tunnel address a peer announces cannot be
+// accepted, "" when it can. It must lie in the pod range and in the ranges
+// the ring gives that peer (ranges: every owner's, by name): a /32 route
+// and allowed IP for an address of another node's range would outrank that
+// node's range and take its traffic.
+func checkTunnelAddr(name string, addr netip.Addr, podCIDR netip.Prefix, ranges map[string][]netip.Prefix) string {
+	if !addr.IsValid() {
+		return ""
+	}
+	if podCIDR.IsValid() && !podCIDR.Contains(addr) {
+		return fmt.Sprintf("announces tunnel address %s outside the pod range %s", addr, podCIDR)
+	}
+	for _, r := range ranges[name] {
+		if r.Contains(addr) {
+			return ""
+		}
+	}
+	owners := slices.Sorted(maps.Keys(ranges))
+	for _, o := range owners {
+		for _, r := range ranges[o] {
+			if r.Contains(addr) {
+				return fmt.Sprintf("announces tunnel address %s, which the address ring gives to %s", addr, o)
+			}
+		}
+	}
+	return fmt.Sprintf("announces tunnel address %s, which the address ring gives to no node", addr)
 }
 
 func ownPrefixes(p peer) []netip.Prefix {

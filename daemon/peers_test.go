@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -154,5 +155,37 @@ func TestNormalizeJoinsSiblings(t *testing.T) {
 		if got := normalize(tt.in); !slices.Equal(got, tt.want) {
 			t.Errorf("normalize(%v) = %v, want %v", tt.in, got, tt.want)
 		}
+	}
+}
+
+func TestCheckTunnelAddr(t *testing.T) {
+	pod := netip.MustParsePrefix("10.32.0.0/12")
+	ranges := map[string][]netip.Prefix{
+		"a": {netip.MustParsePrefix("10.32.0.0/13")},
+		"b": {netip.MustParsePrefix("10.40.0.0/14"), netip.MustParsePrefix("10.44.0.0/14")},
+	}
+	for _, c := range []struct {
+		name, addr, want string
+	}{
+		{"a", "10.32.0.1", ""},
+		{"b", "10.44.0.9", ""},
+		{"b", "", ""},
+		{"a", "10.40.0.1", "which the address ring gives to b"},
+		{"c", "10.32.0.1", "which the address ring gives to a"},
+		{"c", "192.0.2.1", "outside the pod range 10.32.0.0/12"},
+		{"a", "fd00::1", "outside the pod range"},
+	} {
+		var addr netip.Addr
+		if c.addr != "" {
+			addr = netip.MustParseAddr(c.addr)
+		}
+		got := checkTunnelAddr(c.name, addr, pod, ranges)
+		if (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
+			t.Errorf("%s announcing %q: %q, want %q", c.name, c.addr, got, c.want)
+		}
+	}
+	unowned := map[string][]netip.Prefix{"a": {netip.MustParsePrefix("10.32.0.0/13")}}
+	if got := checkTunnelAddr("c", netip.MustParseAddr("10.40.0.1"), pod, unowned); !strings.Contains(got, "gives to no node") {
+		t.Errorf("an address nobody owns: %q", got)
 	}
 }

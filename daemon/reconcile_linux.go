@@ -82,7 +82,7 @@ func (a *agent) refreshPeers(now time.Time) {
 		}
 		kp.Name = m.Name
 		kp.PublicKey = wgtypes.Key(m.Meta.PublicKey)
-		kp.TunnelAddr = m.Meta.TunnelAddr
+		kp.Announced = m.Meta.TunnelAddr
 		kp.Endpoint = m.Meta.Endpoint
 		kp.peer.Endpoint = resolveEndpoint(m.Meta.Endpoint)
 		kp.Unreachable = m.Meta.UnreachablePeers()
@@ -100,6 +100,35 @@ func (a *agent) refreshPeers(now time.Time) {
 	}
 	for _, kp := range a.peers {
 		kp.Ranges = ranges[kp.Name]
+		a.vetTunnelAddr(kp, ranges, now)
+	}
+}
+
+// refusalGrace is how long a refused tunnel address may stay refused before
+// it is logged: a new node announces its address about when the donation
+// that gave it arrives, so for a moment the ring may still name the donor.
+const refusalGrace = 5 * time.Second
+
+// vetTunnelAddr accepts the peer's announced tunnel address only when it
+// lies in the pod range and in the peer's own ranges; otherwise the peer
+// gets no allowed IP and no route for it, status shows why, and the
+// refusal is logged once it has lasted refusalGrace. Callers hold a.mu.
+func (a *agent) vetTunnelAddr(kp *knownPeer, ranges map[string][]netip.Prefix, now time.Time) {
+	why := checkTunnelAddr(kp.Name, kp.Announced, a.cfg.PodCIDR, ranges)
+	if why == "" {
+		if kp.Refused != "" && kp.refusalLogged {
+			a.log.Info("peer's tunnel address accepted now", "peer", kp.Name, "addr", kp.Announced)
+		}
+		kp.TunnelAddr, kp.Refused, kp.refusalLogged = kp.Announced, "", false
+		return
+	}
+	kp.TunnelAddr = netip.Addr{}
+	if why != kp.Refused {
+		kp.Refused, kp.refusedSince, kp.refusalLogged = why, now, false
+	}
+	if !kp.refusalLogged && now.Sub(kp.refusedSince) >= refusalGrace {
+		a.log.Warn("refusing a peer's tunnel address: no allowed IP and no route for it", "peer", kp.Name, "reason", why)
+		kp.refusalLogged = true
 	}
 }
 
