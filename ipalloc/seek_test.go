@@ -55,6 +55,16 @@ func TestSilentDonorDoesNotHoldUpAllocate(t *testing.T) {
 			took[i] = time.Since(start)
 		})
 	}
+	// Meanwhile the allocator answers other calls at once: no lock is held
+	// while a donor is asked.
+	for range 5 {
+		start := time.Now()
+		b.Status(nil)
+		b.List()
+		if took := time.Since(start); took > 100*time.Millisecond {
+			t.Errorf("status took %v during the burst", took)
+		}
+	}
 	wg.Wait()
 	seen := map[netip.Addr]bool{}
 	for i := range burst {
