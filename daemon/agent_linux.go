@@ -48,6 +48,7 @@ type agent struct {
 	tun      *crypto.Tunnel
 	mesh     *mesh.Mesh
 	alloc    *ipalloc.Allocator
+	bridge   *meshBridge // the allocator's way to the mesh
 	nl       *netlink.Handle
 	kick     chan struct{}
 
@@ -79,9 +80,11 @@ type knownPeer struct {
 	Unreachable []string // the peers it reports it cannot reach directly
 	probe       pathProbe
 	// Announced is the tunnel address the peer gossips; peer.TunnelAddr
-	// holds it only once vetTunnelAddr accepted it. Refused says why not.
+	// holds it only once vetPeer accepted it. Refused says why not;
+	// KeyRefused: the whole peer is refused (its key is not its Node's).
 	Announced     netip.Addr
 	Refused       string
+	KeyRefused    bool
 	refusedSince  time.Time
 	refusalLogged bool
 }
@@ -193,6 +196,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 		seed = kubeGenesis
 	}
 	bridge := &meshBridge{}
+	a.bridge = bridge
 	a.alloc, err = ipalloc.New(ipalloc.Config{
 		Self:      cfg.NodeName,
 		CIDR:      cfg.PodCIDR,

@@ -245,6 +245,20 @@ func (a *agent) peersStatus() (PeersStatus, error) {
 		}
 		st.Peers = append(st.Peers, ps)
 	}
+	// Peers refused as a whole have no tunnel; list them all the same.
+	for _, kp := range a.peers {
+		if kp.KeyRefused {
+			ps := PeerStatus{Name: kp.Name, PublicKey: shortKey(kp.PublicKey.String()), Advertised: kp.Endpoint,
+				State: "down", Path: "none", AllowedIPs: []string{}, Refused: kp.Refused}
+			if kp.Alive {
+				ps.State = "alive"
+			}
+			if kp.Announced.IsValid() {
+				ps.TunnelAddr = kp.Announced.String()
+			}
+			st.Peers = append(st.Peers, ps)
+		}
+	}
 	sort.Slice(st.Peers, func(i, j int) bool { return st.Peers[i].Name < st.Peers[j].Name })
 	return st, nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -98,10 +99,15 @@ func (a *agent) refreshPeers(now time.Time) {
 			}
 		}
 	}
+	refused := map[string]bool{}
 	for _, kp := range a.peers {
 		kp.Ranges = ranges[kp.Name]
-		a.vetTunnelAddr(kp, ranges, now)
+		a.vetPeer(kp, ranges, now)
+		if kp.KeyRefused {
+			refused[kp.Name] = true
+		}
 	}
+	a.bridge.setRefused(refused)
 }
 
 // refusalGrace is how long a refused tunnel address may stay refused before
@@ -109,15 +115,28 @@ func (a *agent) refreshPeers(now time.Time) {
 // that gave it arrives, so for a moment the ring may still name the donor.
 const refusalGrace = 5 * time.Second
 
-// vetTunnelAddr accepts the peer's announced tunnel address only when it
-// lies in the pod range and in the peer's own ranges; otherwise the peer
-// gets no allowed IP and no route for it, status shows why, and the
-// refusal is logged once it has lasted refusalGrace. Callers hold a.mu.
-func (a *agent) vetTunnelAddr(kp *knownPeer, ranges map[string][]netip.Prefix, now time.Time) {
-	why := checkTunnelAddr(kp.Name, kp.Announced, a.cfg.PodCIDR, ranges)
+// vetPeer accepts of what a peer announces only what it may claim. With
+// Kubernetes, its public key must be the one its Node carries (when the
+// Node has one): otherwise the peer gets no tunnel at all. Its tunnel
+// address must lie in the pod range and in the peer's own ranges:
+// otherwise it gets no allowed IP and no route. Status shows why, and a
+// refusal is logged once it has lasted refusalGrace (a node that changed
+// its key republishes it on its Node within seconds). Callers hold a.mu.
+func (a *agent) vetPeer(kp *knownPeer, ranges map[string][]netip.Prefix, now time.Time) {
+	kp.KeyRefused = false
+	why := ""
+	if a.nodes != nil {
+		if pinned, ok := a.nodes.PublicKey(kp.Name); ok && pinned != kp.PublicKey.String() {
+			why = fmt.Sprintf("announces public key %s, but its Node carries %s", shortKey(kp.PublicKey.String()), shortKey(pinned))
+			kp.KeyRefused = true
+		}
+	}
+	if why == "" {
+		why = checkTunnelAddr(kp.Name, kp.Announced, a.cfg.PodCIDR, ranges)
+	}
 	if why == "" {
 		if kp.Refused != "" && kp.refusalLogged {
-			a.log.Info("peer's tunnel address accepted now", "peer", kp.Name, "addr", kp.Announced)
+			a.log.Info("peer accepted now", "peer", kp.Name, "addr", kp.Announced)
 		}
 		kp.TunnelAddr, kp.Refused, kp.refusalLogged = kp.Announced, "", false
 		return
@@ -127,9 +146,21 @@ func (a *agent) vetTunnelAddr(kp *knownPeer, ranges map[string][]netip.Prefix, n
 		kp.Refused, kp.refusedSince, kp.refusalLogged = why, now, false
 	}
 	if !kp.refusalLogged && now.Sub(kp.refusedSince) >= refusalGrace {
-		a.log.Warn("refusing a peer's tunnel address: no allowed IP and no route for it", "peer", kp.Name, "reason", why)
+		if kp.KeyRefused {
+			a.log.Warn("refusing a peer whose key is not its Node's: no tunnel to it", "peer", kp.Name, "reason", why)
+		} else {
+			a.log.Warn("refusing a peer's tunnel address: no allowed IP and no route for it", "peer", kp.Name, "reason", why)
+		}
 		kp.refusalLogged = true
 	}
+}
+
+// shortKey is the start of a base64 key, as status shows keys.
+func shortKey(k string) string {
+	if len(k) > 10 {
+		return k[:10] + "…"
+	}
+	return k
 }
 
 // forgetPeer drops a peer at once (rmpeer, Node deletion).
@@ -164,6 +195,9 @@ func (a *agent) view() (meshView, netip.Addr) {
 		v.PSK = &psk
 	}
 	for _, kp := range a.peers {
+		if kp.KeyRefused {
+			continue
+		}
 		v.Peers = append(v.Peers, kp.peer)
 	}
 	return v, a.tunnelAddr
@@ -353,7 +387,19 @@ func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
 
 // meshBridge carries the allocator's messages over the mesh. The mesh is
 // set once, before anything runs.
-type meshBridge struct{ m *mesh.Mesh }
+type meshBridge struct {
+	m *mesh.Mesh
+
+	mu      sync.Mutex
+	refused map[string]bool // members refused as a whole (vetPeer): not live peers of the allocator
+}
+
+// setRefused replaces the set of members refused as a whole.
+func (b *meshBridge) setRefused(names map[string]bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refused = names
+}
 
 func (b *meshBridge) Send(_ context.Context, peer string, msg []byte) error {
 	return b.m.SendTo(peer, append([]byte{tagAllocMsg}, msg...))
@@ -366,9 +412,15 @@ func (b *meshBridge) liveNames() []string {
 		return nil
 	}
 	ms := b.m.Members()
-	out := make([]string, len(ms))
-	for i, m := range ms {
-		out[i] = m.Name
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]string, 0, len(ms))
+	for _, m := range ms {
+		// A refused member never takes part in the ring: waiting for it
+		// (a reclaim's confirmation) would wait forever.
+		if !b.refused[m.Name] {
+			out = append(out, m.Name)
+		}
 	}
 	return out
 }

@@ -27,7 +27,8 @@ import "time"
 const Namespace = "kube-system"
 
 // Annotations PublishNode writes on the daemon's own Node, for people and
-// tools to read (the mesh itself trusts gossip, not these).
+// tools to read; the public key also pins what that node's gossip may
+// announce (a peer whose gossiped key differs gets no tunnel).
 const (
 	AnnotationPublicKey   = "weft.dev/public-key"
 	AnnotationEndpoint    = "weft.dev/endpoint"

@@ -153,6 +153,20 @@ func TestNodesWatcher(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no change after a node was added")
 	}
+	// The public key a daemon publishes on its Node is kept (and only that
+	// annotation) for the daemon to pin gossip to.
+	if _, ok := n.PublicKey("c"); ok {
+		t.Error("PublicKey of a Node without the annotation")
+	}
+	c, err := nodes.Get(ctx, "c", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Annotations = map[string]string{AnnotationPublicKey: "key-of-c", "other": "x"}
+	if _, err := nodes.Update(ctx, c, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "c's key", func() bool { k, ok := n.PublicKey("c"); return ok && k == "key-of-c" })
 	// Two deletions; the reader is slow and still gets both, in order.
 	for _, name := range []string{"b", "c"} {
 		if err := nodes.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {

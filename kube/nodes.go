@@ -49,6 +49,7 @@ type Nodes struct {
 
 	mu         sync.Mutex
 	addrs      map[string]string // node name -> its seed address ("" when it has none yet)
+	keys       map[string]string // node name -> its AnnotationPublicKey, when set
 	deletedQ   []string          // deleted names not yet handed to Deleted's reader
 	runStarted bool
 }
@@ -75,6 +76,7 @@ func NewNodes(cfg NodesConfig) (*Nodes, error) {
 		synced:  make(chan struct{}),
 		pending: make(chan struct{}, 1),
 		addrs:   map[string]string{},
+		keys:    map[string]string{},
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync, informers.WithTransform(stripNode))
 	n.informer = factory.Core().V1().Nodes().Informer()
@@ -90,16 +92,27 @@ func NewNodes(cfg NodesConfig) (*Nodes, error) {
 }
 
 // stripNode keeps of a Node only what the watcher reads (name, UID,
-// addresses), so the cache stays small in clusters with many Nodes.
+// addresses, weft's public key annotation), so the cache stays small in
+// clusters with many Nodes.
 func stripNode(obj any) (any, error) {
 	node, ok := obj.(*corev1.Node)
 	if !ok {
 		return obj, nil // a tombstone; its object was stripped when cached
 	}
-	return &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: node.Name, UID: node.UID, ResourceVersion: node.ResourceVersion},
-		Status:     corev1.NodeStatus{Addresses: node.Status.Addresses},
-	}, nil
+	meta := metav1.ObjectMeta{Name: node.Name, UID: node.UID, ResourceVersion: node.ResourceVersion}
+	if k, ok := node.Annotations[AnnotationPublicKey]; ok {
+		meta.Annotations = map[string]string{AnnotationPublicKey: k}
+	}
+	return &corev1.Node{ObjectMeta: meta, Status: corev1.NodeStatus{Addresses: node.Status.Addresses}}, nil
+}
+
+// PublicKey returns the WireGuard public key the Node's daemon published
+// on it (AnnotationPublicKey), if it has: what its gossip must announce.
+func (n *Nodes) PublicKey(node string) (string, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	k, ok := n.keys[node]
+	return k, ok
 }
 
 // Run runs the informer until ctx is done and returns nil then. It
@@ -188,6 +201,11 @@ func (n *Nodes) upsert(obj any) {
 	n.mu.Lock()
 	old, known := n.addrs[node.Name]
 	n.addrs[node.Name] = addr
+	if k, ok := node.Annotations[AnnotationPublicKey]; ok {
+		n.keys[node.Name] = k
+	} else {
+		delete(n.keys, node.Name)
+	}
 	n.mu.Unlock()
 	if !known || old != addr {
 		n.log.Debug("node seen", "node", node.Name, "addr", addr)
@@ -205,6 +223,7 @@ func (n *Nodes) remove(obj any) {
 	}
 	n.mu.Lock()
 	delete(n.addrs, node.Name)
+	delete(n.keys, node.Name)
 	n.deletedQ = append(n.deletedQ, node.Name)
 	n.mu.Unlock()
 	n.log.Info("node deleted", "node", node.Name)
