@@ -10,18 +10,22 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/weftnet/weft/daemon"
 	"github.com/weftnet/weft/kube"
 	"github.com/weftnet/weft/netlab"
 	"github.com/weftnet/weft/tests/kubelab"
@@ -68,6 +72,10 @@ func TestKubeDaemons(t *testing.T) {
 		t.Fatalf("secrets in kube-system: %v, %v; want the one Secret weft", secrets, err)
 	}
 	waitNodesPublished(t, ctx, admin, nodes)
+
+	// A member that gossips under the name of a Node but with another key
+	// than the Node carries gets no tunnel on any node.
+	impostor(t, ctx, lab, admin, secrets.Items[0].Data[kube.SecretKey], nodes)
 
 	// A fourth Node joins later and is meshed from the Node list.
 	n4, err := lab.AddNode(0)
@@ -312,4 +320,58 @@ func registerNode(ctx context.Context, cs kubernetes.Interface, name string, ip 
 		return fmt.Errorf("write status of node %s: %w", name, err)
 	}
 	return nil
+}
+
+// impostor registers a Node "impostor" carrying one public key and runs a
+// member of that name that gossips another; every daemon refuses it as a
+// whole (no WireGuard peer, so status has its one row, with no path) and
+// logs why.
+func impostor(t *testing.T, ctx context.Context, lab *netlab.Lab, admin kubernetes.Interface, secret []byte, nodes []*netlab.Node) {
+	t.Helper()
+	host, err := lab.AddNode(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const name = "impostor"
+	if err := registerNode(ctx, admin, name, host.Addr); err != nil {
+		t.Fatal(err)
+	}
+	pinned, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, kube.AnnotationPublicKey, pinned.PublicKey().String())
+	if _, err := admin.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secretFile, secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	running := startRogue(t, ctx, host, name, nodes[0].Addr.String(), secretFile, "10.32.0.1")
+	poll(t, ctx, func() error {
+		running()
+		for _, n := range nodes {
+			st, err := peersStatus(ctx, n)
+			if err != nil {
+				return err
+			}
+			var rows []daemon.PeerStatus
+			for _, p := range st.Peers {
+				if p.Name == name {
+					rows = append(rows, p)
+				}
+			}
+			if len(rows) != 1 || !strings.Contains(rows[0].Refused, "but its Node carries") {
+				return fmt.Errorf("%s lists the impostor as %+v, want one row refused for its key", n.Name, rows)
+			}
+			if rows[0].Path != "none" || len(rows[0].AllowedIPs) != 0 {
+				t.Errorf("%s gives the impostor a tunnel: %+v", n.Name, rows[0])
+			}
+			if !logged(n, "refusing a peer whose key is not its Node's", "peer="+name) {
+				return fmt.Errorf("%s has not logged the refusal of the impostor", n.Name)
+			}
+		}
+		return nil
+	})
 }

@@ -62,6 +62,29 @@ func rogueHelper() {
 	}
 }
 
+// startRogue runs rogueHelper as member name on host, joining at seed with
+// the secret in secretFile; it is stopped when the test ends. The function
+// it returns fails the test if the helper has exited.
+func startRogue(t *testing.T, ctx context.Context, host *netlab.Node, name, seed, secretFile, tunnelAddr string) func() {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "WEFT_LAB_HELPER=rogue", "WEFT_ROGUE_NAME="+name,
+		"WEFT_ROGUE_BIND="+host.Addr.String(), "WEFT_ROGUE_SEED="+seed,
+		"WEFT_ROGUE_SECRET="+secretFile, "WEFT_ROGUE_TUNNEL_ADDR="+tunnelAddr)
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	p, err := host.StartCmd(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Stop(10 * time.Second) })
+	return func() {
+		if !p.Running() {
+			t.Fatalf("rogue helper %s exited: %v\n%s", name, p.Wait(), out)
+		}
+	}
+}
+
 // A member that announces a tunnel address it does not own (another pod's,
 // one outside the pod range, one of another node's range) gets no allowed
 // IP and no route for it on any node; the refusal shows in `weft status
@@ -100,23 +123,11 @@ func TestPeerClaimsRefused(t *testing.T) {
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			name := fmt.Sprintf("rogue%d", i)
-			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), "WEFT_LAB_HELPER=rogue", "WEFT_ROGUE_NAME="+name,
-				"WEFT_ROGUE_BIND="+rogueNode[0].Addr.String(), "WEFT_ROGUE_SEED="+nodes[0].Addr.String(),
-				"WEFT_ROGUE_SECRET="+rogueNode[0].SecretFile(), "WEFT_ROGUE_TUNNEL_ADDR="+c.addr)
-			out := &strings.Builder{}
-			cmd.Stdout, cmd.Stderr = out, out
-			p, err := rogueNode[0].StartCmd(cmd)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = p.Stop(10 * time.Second) }()
+			running := startRogue(t, ctx, rogueNode[0], name, nodes[0].Addr.String(), rogueNode[0].SecretFile(), c.addr)
 			// Every node sees the rogue, refuses its address, and gives it
 			// no allowed IP.
 			poll(t, ctx, func() error {
-				if !p.Running() {
-					t.Fatalf("rogue helper exited: %v\n%s", p.Wait(), out)
-				}
+				running()
 				for _, n := range nodes {
 					st, err := peersStatus(ctx, n)
 					if err != nil {
