@@ -8,16 +8,14 @@ package main
 
 import (
 	"os"
-	"path/filepath"
 
 	"github.com/weftnet/weft/cli"
-	"github.com/weftnet/weft/cniplugin"
+	// Started as weft-cni, the binary runs the CNI plugin from this
+	// package's init and exits there, before the packages only the command
+	// line needs initialize.
+	_ "github.com/weftnet/weft/cniplugin/cnimain"
 )
 
 func main() {
-	if filepath.Base(os.Args[0]) == cniplugin.BinaryName {
-		cniplugin.Main()
-		return
-	}
 	os.Exit(cli.Main(os.Args[1:]))
 }

@@ -129,3 +129,51 @@ func TestBinaryAnswers(t *testing.T) {
 		t.Errorf("daemon without a secret should refuse to start and say how to make one; got %v: %s", err, out)
 	}
 }
+
+// Started as weft-cni, the binary runs the plugin before the packages only
+// the command line and the daemon need initialize (cniplugin/cnimain): a
+// plugin call does not pay for client-go's or memberlist's inits. The same
+// binary under its own name does initialize them, which shows the check
+// sees them.
+func TestPluginSkipsDaemonInits(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("runs the linux binary")
+	}
+	bin := buildWeft(t, runtime.GOARCH)
+	cni := filepath.Join(t.TempDir(), "weft-cni")
+	if err := os.Symlink(bin, cni); err != nil {
+		t.Fatal(err)
+	}
+	inits := func(path string, args ...string) []string {
+		t.Helper()
+		cmd := exec.Command(path, args...)
+		cmd.Env = append(os.Environ(), "GODEBUG=inittrace=1", "CNI_COMMAND=VERSION")
+		cmd.Stdin = strings.NewReader(`{"cniVersion":"1.0.0"}`)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s %v: %v\n%s%s", filepath.Base(path), args, err, out, stderr.String())
+		}
+		var pkgs []string
+		for line := range strings.Lines(stderr.String()) {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "init" {
+				pkgs = append(pkgs, f[1])
+			}
+		}
+		return pkgs
+	}
+	cli, plugin := inits(bin, "version"), inits(cni)
+	for _, prefix := range []string{"k8s.io/client-go/", "k8s.io/api/", "github.com/hashicorp/memberlist"} {
+		has := func(pkgs []string) bool {
+			return slices.ContainsFunc(pkgs, func(p string) bool { return strings.HasPrefix(p, prefix) })
+		}
+		if !has(cli) {
+			t.Errorf("weft version initializes no %s package: the binary no longer links it, drop it from this test", prefix)
+		}
+		if has(plugin) {
+			t.Errorf("weft-cni initializes %s packages: the plugin pays for the daemon's inits; see cniplugin/cnimain", prefix)
+		}
+	}
+	t.Logf("weft-cni initializes %d packages, weft %d", len(plugin), len(cli))
+}

@@ -54,7 +54,7 @@ import (
 	weftversion "github.com/weftnet/weft/version"
 )
 
-// BinaryName is the name the runtime calls the plugin by; main dispatches on it.
+// BinaryName is the name the runtime calls the plugin by; cnimain dispatches on it.
 const BinaryName = "weft-cni"
 
 // SupportedVersions are the CNI spec versions the plugin answers VERSION with.
