@@ -127,12 +127,36 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 			"the runtime must pass the pod sandbox's netns")
 	}
 
+	// The daemon allocates (and writes the allocation to disk) while the
+	// veth pair is made, which needs no address.
 	att := attachmentOf(args)
-	var alloc api.Allocation
-	if err := call(conf.Socket, addTimeout, http.MethodPost, api.PathCNIAllocate, att, &alloc); err != nil {
-		return daemonError("allocate an address for the pod", conf.Socket, addTimeout, types.ErrTryAgainLater, err)
+	allocated := make(chan allocation, 1)
+	go func() {
+		var a allocation
+		a.err = call(conf.Socket, addTimeout, http.MethodPost, api.PathCNIAllocate, att, &a.Allocation)
+		allocated <- a
+	}()
+	pn := podNet{PodNS: podNS, IfName: args.IfName, HostVeth: HostVethName(args.ContainerID, args.IfName), MTU: conf.MTU}
+	h, err := openHandles(podNS)
+	created := false
+	if err == nil {
+		defer h.Close()
+		created, err = pn.setupVeth(h)
 	}
-	result, err := p.plumb(conf, podNS, args, alloc)
+	alloc := <-allocated
+	if alloc.err != nil {
+		if created {
+			if err := teardownPod(pn.HostVeth); err != nil {
+				p.log.Warn("undo failed ADD: remove veth", "link", pn.HostVeth, "err", err)
+			}
+		}
+		return daemonError("allocate an address for the pod", conf.Socket, addTimeout, types.ErrTryAgainLater, alloc.err)
+	}
+	if err != nil {
+		p.undo(conf, att)
+		return setupError(err)
+	}
+	result, err := p.plumb(conf, h, pn, alloc.Allocation)
 	if err != nil {
 		p.undo(conf, att)
 		return err
@@ -145,26 +169,31 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	return out.Print()
 }
 
-// plumb configures the veth of one allocation and returns the result.
-func (p *plugin) plumb(conf *NetConf, podNS ns.NetNS, args *skel.CmdArgs, alloc api.Allocation) (*current.Result, error) {
+// allocation is the daemon's answer to ADD's request for an address.
+type allocation struct {
+	api.Allocation
+	err error
+}
+
+// plumb configures the veth pair setupVeth made for the allocation and
+// returns the result.
+func (p *plugin) plumb(conf *NetConf, h handles, pn podNet, alloc api.Allocation) (*current.Result, error) {
 	if err := validAllocation(alloc); err != nil {
 		return nil, types.NewError(types.ErrInternal, err.Error(), "this is a bug in the weft daemon; see its log")
 	}
-	pn := podNet{
-		PodNS:    podNS,
-		IfName:   args.IfName,
-		HostVeth: HostVethName(args.ContainerID, args.IfName),
-		Address:  alloc.Address,
-		Gateway:  alloc.Gateway,
-		MTU:      mtuOf(conf, alloc),
-	}
-	host, pod, err := setupPod(pn)
+	pn.Address, pn.Gateway, pn.MTU = alloc.Address, alloc.Gateway, mtuOf(conf, alloc)
+	host, pod, err := pn.configure(h)
 	if err != nil {
-		return nil, types.NewError(types.ErrInternal,
-			fmt.Sprintf("cannot set up the pod's network: %v", err),
-			"the plugin removed what it had set up; the runtime will retry")
+		return nil, setupError(err)
 	}
 	return newResult(alloc, host, pod), nil
+}
+
+// setupError is the CNI error of a failed veth setup; ADD has undone it.
+func setupError(err error) error {
+	return types.NewError(types.ErrInternal,
+		fmt.Sprintf("cannot set up the pod's network: %v", err),
+		"the plugin removed what it had set up; the runtime will retry")
 }
 
 // undo removes what a failed ADD set up: the veth and the allocation. What

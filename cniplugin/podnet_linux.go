@@ -8,16 +8,17 @@ import (
 	"os"
 	"strings"
 
-	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
 // podNet is the plumbing of one attachment: the wanted state that
-// setupPod makes true, checkPod compares and teardownPod removes.
+// setupVeth and configure make true, checkPod compares and teardownPod
+// removes.
 type podNet struct {
 	PodNS    ns.NetNS // the pod's network namespace
 	IfName   string   // the pod's end, CNI_IFNAME
@@ -31,78 +32,75 @@ type podNet struct {
 // gateway, and route what the pod sends.
 var hostSysctls = []string{"proxy_arp", "forwarding"}
 
-// setupPod makes the pod's and the host's side of one attachment what p
-// says. It runs in the host's (node's) netns and is idempotent: a veth that
-// is already there and paired right is reused and repaired, a stale host end
-// is replaced. It returns both ends for the CNI result. On error the caller
-// removes the host end (teardownPod), which takes the pod's end with it.
-func setupPod(p podNet) (host, pod link, err error) {
-	hostNS, err := ns.GetCurrentNS()
-	if err != nil {
-		return host, pod, fmt.Errorf("open the node's netns: %w", err)
-	}
-	defer hostNS.Close()
-
-	hostLink, err := linkIfExists(p.HostVeth)
-	if err != nil {
-		return host, pod, err
-	}
-	reuse := false
-	err = p.PodNS.Do(func(ns.NetNS) error {
-		podLink, err := linkIfExists(p.IfName)
-		switch {
-		case err != nil:
-			return err
-		case podLink != nil && hostLink != nil && pairedWith(podLink, hostLink):
-			reuse = true // ours from an earlier ADD: repair below
-		case podLink != nil:
-			return fmt.Errorf("interface %s already exists in netns %s and is not the peer of %s; delete it or choose another CNI_IFNAME",
-				p.IfName, p.PodNS.Path(), p.HostVeth)
-		}
-		return nil
-	})
-	if err != nil {
-		return host, pod, err
-	}
-	if !reuse {
-		// A host end whose pod end is elsewhere is stale: replace it.
-		if err := deleteLink(p.HostVeth); err != nil {
-			return host, pod, err
-		}
-		err = p.PodNS.Do(func(ns.NetNS) error {
-			_, _, err := ip.SetupVethWithName(p.IfName, p.HostVeth, p.MTU, "", hostNS)
-			return err
-		})
-		if err != nil {
-			return host, pod, fmt.Errorf("create veth pair %s/%s: %w", p.HostVeth, p.IfName, err)
-		}
-	}
-
-	hostLink, err = netlinksafe.LinkByName(p.HostVeth)
-	if err != nil {
-		return host, pod, fmt.Errorf("find host interface %s: %w", p.HostVeth, err)
-	}
-	if err := p.setupHost(hostLink); err != nil {
-		return host, pod, err
-	}
-	err = p.PodNS.Do(func(ns.NetNS) error {
-		podLink, err := netlinksafe.LinkByName(p.IfName)
-		if err != nil {
-			return fmt.Errorf("find pod interface %s: %w", p.IfName, err)
-		}
-		pod = link{Name: p.IfName, MAC: podLink.Attrs().HardwareAddr.String(), Sandbox: p.PodNS.Path()}
-		return p.setupPodSide(podLink, hostLink.Attrs().HardwareAddr)
-	})
-	host = link{Name: p.HostVeth, MAC: hostLink.Attrs().HardwareAddr.String()}
-	return host, pod, err
+// handles are netlink sockets in the node's netns and in the pod's, opened
+// once per call: the setup then needs no thread that enters the pod's netns
+// and no new socket for each request.
+type handles struct {
+	host, pod netlinksafe.Handle
 }
 
-// setupHost configures the host end: MTU, up, sysctls, and the route to
-// the pod's address through it.
-func (p podNet) setupHost(l netlink.Link) error {
-	if err := setMTUUp(l, p.MTU); err != nil {
-		return err
+// openHandles opens the node's (the current) and the pod's netlink sockets.
+func openHandles(podNS ns.NetNS) (handles, error) {
+	host, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return handles{}, fmt.Errorf("open netlink in the node's netns: %w", err)
 	}
+	pod, err := netlinksafe.NewHandleAt(netns.NsHandle(podNS.Fd()), unix.NETLINK_ROUTE)
+	if err != nil {
+		host.Close()
+		return handles{}, fmt.Errorf("open netlink in netns %s: %w", podNS.Path(), err)
+	}
+	return handles{host: host, pod: pod}, nil
+}
+
+func (h handles) Close() {
+	h.host.Close()
+	h.pod.Close()
+}
+
+// setupVeth makes the veth pair of the attachment and sets the host end's
+// sysctls; it needs neither the address nor the MTU, so ADD runs it while
+// the daemon allocates. A pair that is already there and paired right (from
+// an earlier ADD) is reused, for configure to repair; a stale host end is
+// replaced. created tells whether it made the pair. p.MTU may be 0 (the
+// kernel's default) until configure sets it.
+func (p podNet) setupVeth(h handles) (created bool, err error) {
+	hostLink, err := linkIn(h.host, p.HostVeth)
+	if err != nil {
+		return false, err
+	}
+	podLink, err := linkIn(h.pod, p.IfName)
+	switch {
+	case err != nil:
+		return false, err
+	case podLink != nil && hostLink != nil && pairedWith(podLink, hostLink):
+		// ours from an earlier ADD
+	case podLink != nil:
+		return false, fmt.Errorf("interface %s already exists in netns %s and is not the peer of %s; delete it or choose another CNI_IFNAME",
+			p.IfName, p.PodNS.Path(), p.HostVeth)
+	default:
+		// A host end whose pod end is elsewhere is stale: replace it.
+		if hostLink != nil {
+			if err := h.host.LinkDel(hostLink); err != nil && !errors.Is(err, unix.ENODEV) {
+				return false, fmt.Errorf("delete stale interface %s: %w", p.HostVeth, err)
+			}
+		}
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = p.HostVeth
+		attrs.MTU = p.MTU
+		veth := netlink.NewVeth(attrs)
+		veth.PeerName = p.IfName
+		veth.PeerNamespace = netlink.NsFd(int(p.PodNS.Fd()))
+		if err := h.host.LinkAdd(veth); err != nil {
+			return false, fmt.Errorf("create veth pair %s/%s: %w", p.HostVeth, p.IfName, err)
+		}
+		created = true
+	}
+	return created, p.setHostSysctls()
+}
+
+// setHostSysctls sets what the host end needs to stand in for the gateway.
+func (p podNet) setHostSysctls() error {
 	for _, key := range hostSysctls {
 		if _, err := sysctl.Sysctl(fmt.Sprintf("net/ipv4/conf/%s/%s", p.HostVeth, key), "1"); err != nil {
 			return fmt.Errorf("set net.ipv4.conf.%s.%s=1: %w", p.HostVeth, key, err)
@@ -116,19 +114,47 @@ func (p podNet) setupHost(l netlink.Link) error {
 	// The host end has no address of its own; IPv6 router advertisements
 	// have nothing to do there.
 	_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/accept_ra", p.HostVeth), "0")
+	return nil
+}
+
+// configure makes both ends of the pair setupVeth made what p says (MTU,
+// up, address, routes, neighbour) and returns them for the CNI result.
+func (p podNet) configure(h handles) (host, pod link, err error) {
+	hostLink, err := h.host.LinkByName(p.HostVeth)
+	if err != nil {
+		return host, pod, fmt.Errorf("find host interface %s: %w", p.HostVeth, err)
+	}
+	if err := p.setupHost(h.host, hostLink); err != nil {
+		return host, pod, err
+	}
+	podLink, err := h.pod.LinkByName(p.IfName)
+	if err != nil {
+		return host, pod, fmt.Errorf("find pod interface %s: %w", p.IfName, err)
+	}
+	host = link{Name: p.HostVeth, MAC: hostLink.Attrs().HardwareAddr.String()}
+	pod = link{Name: p.IfName, MAC: podLink.Attrs().HardwareAddr.String(), Sandbox: p.PodNS.Path()}
+	return host, pod, p.setupPodSide(h.pod, podLink, hostLink.Attrs().HardwareAddr)
+}
+
+// setupHost configures the host end: MTU, up, and the route to the pod's
+// address through it.
+func (p podNet) setupHost(h netlinksafe.Handle, l netlink.Link) error {
+	if err := setMTUUp(h, l, p.MTU); err != nil {
+		return err
+	}
 	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(p.Address), Scope: netlink.SCOPE_LINK}
-	if err := netlink.RouteReplace(r); err != nil {
+	if err := h.RouteReplace(r); err != nil {
 		return fmt.Errorf("add route to %s via %s: %w", p.Address, p.HostVeth, err)
 	}
 	// Routes to an address the pod held before (the daemon lost its
 	// allocation and gave another) would steal that address's traffic.
-	routes, err := netlinksafe.RouteList(l, netlink.FAMILY_V4)
+	routes, err := h.RouteList(l, netlink.FAMILY_V4)
 	if err != nil {
 		return fmt.Errorf("list routes of %s: %w", p.HostVeth, err)
 	}
 	for _, old := range routes {
 		if old.Dst != nil && old.Dst.String() != p.Address.String() {
-			if err := netlink.RouteDel(&old); err != nil {
+			if err := h.RouteDel(&old); err != nil {
 				return fmt.Errorf("remove stale route to %s via %s: %w", old.Dst, p.HostVeth, err)
 			}
 		}
@@ -136,45 +162,59 @@ func (p podNet) setupHost(l netlink.Link) error {
 	return nil
 }
 
-// setupPodSide configures the pod's end, inside the pod's netns: MTU, up,
-// the address as /32 (and no other IPv4 address), the gateway on-link with
-// a permanent neighbour entry to the host end, and the default route.
-func (p podNet) setupPodSide(l netlink.Link, hostMAC net.HardwareAddr) error {
-	if err := setMTUUp(l, p.MTU); err != nil {
+// setupPodSide configures the pod's end, through the pod's netlink socket:
+// MTU, up, the address as /32 (and no other IPv4 address), the gateway
+// on-link with a permanent neighbour entry to the host end, and the default
+// route.
+func (p podNet) setupPodSide(h netlinksafe.Handle, l netlink.Link, hostMAC net.HardwareAddr) error {
+	if err := setMTUUp(h, l, p.MTU); err != nil {
 		return err
 	}
-	addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := addrList(h, l)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", p.IfName, err)
 	}
 	for _, a := range addrs {
 		if a.IPNet.String() != p.Address.String() {
-			if err := netlink.AddrDel(l, &a); err != nil {
+			if err := h.AddrDel(l, &a); err != nil {
 				return fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, p.IfName, err)
 			}
 		}
 	}
-	if err := netlink.AddrReplace(l, &netlink.Addr{IPNet: ipNet(p.Address)}); err != nil {
+	if err := h.AddrReplace(l, &netlink.Addr{IPNet: ipNet(p.Address)}); err != nil {
 		return fmt.Errorf("add address %s to %s: %w", p.Address, p.IfName, err)
 	}
 	gw := net.IP(p.Gateway.AsSlice())
 	idx := l.Attrs().Index
 	onLink := &netlink.Route{LinkIndex: idx, Dst: ipNet(netip.PrefixFrom(p.Gateway, 32)), Scope: netlink.SCOPE_LINK}
-	if err := netlink.RouteReplace(onLink); err != nil {
+	if err := h.RouteReplace(onLink); err != nil {
 		return fmt.Errorf("add on-link route to gateway %s on %s: %w", p.Gateway, p.IfName, err)
 	}
 	// Proxy ARP on the host end answers for the gateway when the node has
 	// a route to it; the permanent entry makes the pod independent of the
 	// node's routing table and saves the first ARP round trip.
 	neigh := &netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostMAC}
-	if err := netlink.NeighSet(neigh); err != nil {
+	if err := h.NeighSet(neigh); err != nil {
 		return fmt.Errorf("add neighbour %s on %s: %w", p.Gateway, p.IfName, err)
 	}
 	def := &netlink.Route{LinkIndex: idx, Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: gw}
-	if err := netlink.RouteReplace(def); err != nil {
+	if err := h.RouteReplace(def); err != nil {
 		return fmt.Errorf("add default route via %s on %s: %w", p.Gateway, p.IfName, err)
 	}
 	return nil
+}
+
+// addrList lists l's IPv4 addresses, asking again when the kernel says the
+// dump was interrupted by a change (as netlinksafe does for the calls it
+// wraps).
+func addrList(h netlinksafe.Handle, l netlink.Link) ([]netlink.Addr, error) {
+	for range 4 {
+		addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return addrs, err
+		}
+	}
+	return nil, fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, netlink.ErrDumpInterrupted)
 }
 
 // teardownPod removes the host end of an attachment, which takes the pod's
@@ -316,13 +356,13 @@ func checkMTUUp(l netlink.Link, mtu int) []string {
 	return diffs
 }
 
-func setMTUUp(l netlink.Link, mtu int) error {
+func setMTUUp(h netlinksafe.Handle, l netlink.Link, mtu int) error {
 	if mtu != 0 && l.Attrs().MTU != mtu {
-		if err := netlink.LinkSetMTU(l, mtu); err != nil {
+		if err := h.LinkSetMTU(l, mtu); err != nil {
 			return fmt.Errorf("set MTU %d on %s: %w", mtu, l.Attrs().Name, err)
 		}
 	}
-	if err := netlink.LinkSetUp(l); err != nil {
+	if err := h.LinkSetUp(l); err != nil {
 		return fmt.Errorf("set %s up: %w", l.Attrs().Name, err)
 	}
 	return nil
@@ -337,7 +377,16 @@ func pairedWith(pod, host netlink.Link) bool {
 
 // linkIfExists returns the link called name in the current netns, or nil.
 func linkIfExists(name string) (netlink.Link, error) {
-	l, err := netlinksafe.LinkByName(name)
+	return linkFound(name, func() (netlink.Link, error) { return netlinksafe.LinkByName(name) })
+}
+
+// linkIn returns the link called name in h's netns, or nil.
+func linkIn(h netlinksafe.Handle, name string) (netlink.Link, error) {
+	return linkFound(name, func() (netlink.Link, error) { return h.LinkByName(name) })
+}
+
+func linkFound(name string, lookup func() (netlink.Link, error)) (netlink.Link, error) {
+	l, err := lookup()
 	var nf netlink.LinkNotFoundError
 	if errors.As(err, &nf) {
 		return nil, nil
@@ -348,10 +397,15 @@ func linkIfExists(name string) (netlink.Link, error) {
 	return l, nil
 }
 
-// deleteLink removes the link called name; gone already is fine.
+// deleteLink removes the link called name in the current netns; gone
+// already is fine.
 func deleteLink(name string) error {
-	err := ip.DelLinkByName(name)
-	if err == nil || errors.Is(err, ip.ErrLinkNotFound) || errors.Is(err, unix.ENODEV) || errors.Is(err, os.ErrNotExist) {
+	l, err := linkIfExists(name)
+	if err != nil || l == nil {
+		return err
+	}
+	err = netlink.LinkDel(l)
+	if err == nil || errors.Is(err, unix.ENODEV) || errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	// The kernel may remove the veth on its own (its netns went away)
