@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/netlab"
 )
@@ -33,7 +34,9 @@ import (
 //
 // Both plugins run alone in their config list (no portmap), in the same pod
 // network namespaces. Each sub-benchmark reports p50 and p99 of ADD and DEL
-// per plugin in ms, and weft's p99 over bridge's; one iteration is
+// per plugin in ms, the CPU time the plugin's processes took per ADD (on a
+// machine of few cores the bound of 20 at once), and weft's p99 over
+// bridge's; one iteration is
 // cniSerialCycles cycles or cniParallelRounds rounds per plugin, so
 // -benchtime Nx takes N times as many samples. BENCHMARKS.md has the
 // numbers.
@@ -53,9 +56,12 @@ type cniBenchPlugin struct {
 	list *libcni.NetworkConfigList
 }
 
-// cniSamples are the latencies of one plugin in one shape.
+// cniSamples are the latencies of one plugin in one shape, and the CPU
+// time its processes used for them (user and system, so with the kernel's
+// work for the calls they made).
 type cniSamples struct {
-	add, del []time.Duration
+	add, del       []time.Duration
+	addCPU, delCPU time.Duration
 }
 
 func BenchmarkCNIAddDel(b *testing.B) {
@@ -92,7 +98,7 @@ func BenchmarkCNIAddDel(b *testing.B) {
 	// The first ADD of each plugin makes what is made once (the bridge,
 	// the daemon's first allocation on disk); it is not measured.
 	for _, p := range plugins {
-		if _, _, err := cniCycle(ctx, cni, p.list, netnses[0]); err != nil {
+		if err := cniCycle(ctx, cni, p.list, netnses[0], &cniSamples{}); err != nil {
 			b.Fatalf("%s: first ADD and DEL: %v", p.name, err)
 		}
 	}
@@ -103,12 +109,9 @@ func BenchmarkCNIAddDel(b *testing.B) {
 		for i := range b.N * cniSerialCycles {
 			for j := range plugins {
 				k := (i + j) % len(plugins) // take turns going first
-				add, del, err := cniCycle(ctx, cni, plugins[k].list, netnses[0])
-				if err != nil {
+				if err := cniCycle(ctx, cni, plugins[k].list, netnses[0], &samples[k]); err != nil {
 					b.Fatalf("%s: %v", plugins[k].name, err)
 				}
-				samples[k].add = append(samples[k].add, add)
-				samples[k].del = append(samples[k].del, del)
 			}
 		}
 		reportCNI(b, plugins, samples)
@@ -118,12 +121,9 @@ func BenchmarkCNIAddDel(b *testing.B) {
 		for r := range b.N * cniParallelRounds {
 			for j := range plugins {
 				k := (r + j) % len(plugins)
-				add, del, err := cniBurst(ctx, cni, plugins[k].list, netnses)
-				if err != nil {
+				if err := cniBurst(ctx, cni, plugins[k].list, netnses, &samples[k]); err != nil {
 					b.Fatalf("%s, round %d: %v", plugins[k].name, r+1, err)
 				}
-				samples[k].add = append(samples[k].add, add...)
-				samples[k].del = append(samples[k].del, del...)
 			}
 		}
 		reportCNI(b, plugins, samples)
@@ -179,29 +179,34 @@ func cniRuntimeConf(netns string) *libcni.RuntimeConf {
 	}
 }
 
-// cniCycle runs ADD and then DEL of a fresh container in netns and returns
-// how long each took.
-func cniCycle(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfigList, netns string) (add, del time.Duration, err error) {
+// cniCycle runs ADD and then DEL of a fresh container in netns and adds
+// how long each took, and the CPU the plugins used, to s.
+func cniCycle(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfigList, netns string, s *cniSamples) error {
 	rt := cniRuntimeConf(netns)
-	t0 := time.Now()
+	c0, t0 := childCPU(), time.Now()
 	if _, err := cni.AddNetworkList(ctx, list, rt); err != nil {
-		return 0, 0, fmt.Errorf("ADD: %w", err)
+		return fmt.Errorf("ADD: %w", err)
 	}
-	t1 := time.Now()
+	c1, t1 := childCPU(), time.Now()
 	if err := cni.DelNetworkList(ctx, list, rt); err != nil {
-		return 0, 0, fmt.Errorf("DEL: %w", err)
+		return fmt.Errorf("DEL: %w", err)
 	}
-	return t1.Sub(t0), time.Since(t1), nil
+	s.add = append(s.add, t1.Sub(t0))
+	s.del = append(s.del, time.Since(t1))
+	s.addCPU += c1 - c0
+	s.delCPU += childCPU() - c1
+	return nil
 }
 
 // cniBurst fires one ADD per netns at once, waits for all, then fires
-// their DELs at once; it returns the latency of each call.
-func cniBurst(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfigList, netnses []string) (adds, dels []time.Duration, err error) {
+// their DELs at once; it adds the latency of each call, and the CPU the
+// plugins used, to s.
+func cniBurst(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfigList, netnses []string, s *cniSamples) error {
 	rts := make([]*libcni.RuntimeConf, len(netnses))
 	for i, ns := range netnses {
 		rts[i] = cniRuntimeConf(ns)
 	}
-	fire := func(what string, call func(*libcni.RuntimeConf) error) ([]time.Duration, error) {
+	fire := func(what string, call func(*libcni.RuntimeConf) error) ([]time.Duration, time.Duration, error) {
 		took := make([]time.Duration, len(rts))
 		errs := make([]error, len(rts))
 		start := make(chan struct{})
@@ -216,19 +221,33 @@ func cniBurst(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkCo
 				took[i] = time.Since(t0)
 			})
 		}
+		c0 := childCPU()
 		close(start)
 		wg.Wait()
-		return took, errors.Join(errs...)
+		return took, childCPU() - c0, errors.Join(errs...)
 	}
-	adds, err = fire("ADD", func(rt *libcni.RuntimeConf) error {
+	adds, cpu, err := fire("ADD", func(rt *libcni.RuntimeConf) error {
 		_, err := cni.AddNetworkList(ctx, list, rt)
 		return err
 	})
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
-	dels, err = fire("DEL", func(rt *libcni.RuntimeConf) error { return cni.DelNetworkList(ctx, list, rt) })
-	return adds, dels, err
+	s.add, s.addCPU = append(s.add, adds...), s.addCPU+cpu
+	dels, cpu, err := fire("DEL", func(rt *libcni.RuntimeConf) error { return cni.DelNetworkList(ctx, list, rt) })
+	s.del, s.delCPU = append(s.del, dels...), s.delCPU+cpu
+	return err
+}
+
+// childCPU is the CPU time (user and system) of the child processes of
+// this process that have exited and been waited for: the plugins, which
+// libcni waits for (the daemon is waited for only at the end).
+func childCPU() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_CHILDREN, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // reportCNI reports p50 and p99 of ADD and DEL of every plugin, and logs
@@ -241,9 +260,11 @@ func reportCNI(b *testing.B, plugins []cniBenchPlugin, samples []cniSamples) {
 		b.ReportMetric(ms(pct(s.add, 99)), p.name+"-add-p99-ms")
 		b.ReportMetric(ms(pct(s.del, 50)), p.name+"-del-p50-ms")
 		b.ReportMetric(ms(pct(s.del, 99)), p.name+"-del-p99-ms")
-		b.Logf("%s: %d ADDs p50 %.1f ms p99 %.1f ms max %.1f ms; %d DELs p50 %.1f ms p99 %.1f ms max %.1f ms",
-			p.name, len(s.add), ms(pct(s.add, 50)), ms(pct(s.add, 99)), ms(pct(s.add, 100)),
-			len(s.del), ms(pct(s.del, 50)), ms(pct(s.del, 99)), ms(pct(s.del, 100)))
+		addCPU, delCPU := ms(s.addCPU)/float64(len(s.add)), ms(s.delCPU)/float64(len(s.del))
+		b.ReportMetric(addCPU, p.name+"-add-cpu-ms")
+		b.Logf("%s: %d ADDs p50 %.1f ms p99 %.1f ms max %.1f ms, CPU %.1f ms each; %d DELs p50 %.1f ms p99 %.1f ms max %.1f ms, CPU %.1f ms each",
+			p.name, len(s.add), ms(pct(s.add, 50)), ms(pct(s.add, 99)), ms(pct(s.add, 100)), addCPU,
+			len(s.del), ms(pct(s.del, 50)), ms(pct(s.del, 99)), ms(pct(s.del, 100)), delCPU)
 	}
 	w := samples[0]
 	for i, p := range plugins[1:] {
