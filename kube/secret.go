@@ -58,7 +58,11 @@ func EnsureSecret(ctx context.Context, client kubernetes.Interface, namespace st
 			},
 		},
 		Type: corev1.SecretTypeOpaque,
-		Data: map[string][]byte{SecretKey: value},
+		// Base64 text, as `head -c 32 /dev/urandom | base64` writes it:
+		// raw random bytes would be trimmed like a file's text when read
+		// (decodeLikeSecretFile), losing any leading or trailing byte that
+		// happens to be white space.
+		Data: map[string][]byte{SecretKey: []byte(base64.StdEncoding.EncodeToString(value))},
 	}
 	created, err := secrets.Create(ctx, s, metav1.CreateOptions{FieldManager: fieldManager})
 	switch {
