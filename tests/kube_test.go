@@ -3,6 +3,7 @@ package tests
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net/netip"
@@ -149,8 +150,9 @@ func TestKubeAPI(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(stored.Data[kube.SecretKey], got[0]) {
-			t.Error("the stored Secret differs from what the daemons use")
+		// Stored as base64 text, as a secret file holds it.
+		if raw, err := base64.StdEncoding.DecodeString(string(stored.Data[kube.SecretKey])); err != nil || !bytes.Equal(raw, got[0]) {
+			t.Errorf("the stored Secret (base64 text: %v) differs from what the daemons use", err)
 		}
 		// A daemon started later reads the same value.
 		if s, err := kube.EnsureSecret(ctx, sa, ""); err != nil || !bytes.Equal(s, got[0]) {
