@@ -216,7 +216,7 @@ func (a *agent) peersStatus() (PeersStatus, error) {
 	}
 	now := time.Now()
 	for _, p := range dev.Peers {
-		ps := PeerStatus{PublicKey: p.PublicKey.String()[:10] + "…", Path: "direct", State: "unknown",
+		ps := PeerStatus{PublicKey: shortKey(p.PublicKey.String()), Path: "direct", State: "unknown",
 			RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes, AllowedIPs: []string{}}
 		if kp := byKey[p.PublicKey.String()]; kp != nil {
 			ps.Name = kp.Name
