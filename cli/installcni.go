@@ -7,10 +7,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weftnet/weft/cniplugin"
+	"github.com/weftnet/weft/cniplugin/install"
 )
 
 func newInstallCNICmd() *cobra.Command {
-	var cfg cniplugin.InstallConfig
+	var cfg install.Config
 	cmd := &cobra.Command{
 		Use:   "install-cni",
 		Short: "Install the CNI plugin binary and the weft network config on this node",
@@ -22,7 +23,7 @@ chain supports it. Running it again is safe.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-			res, err := cniplugin.Install(cmd.Context(), cfg)
+			res, err := install.Install(cmd.Context(), cfg)
 			if err != nil {
 				return fmt.Errorf("install the CNI plugin: %w", err)
 			}
@@ -31,8 +32,8 @@ chain supports it. Running it again is safe.`,
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&cfg.BinDir, "bin-dir", cniplugin.DefaultBinDir, "where the runtime looks for CNI plugins")
-	cmd.Flags().StringVar(&cfg.ConfDir, "conf-dir", cniplugin.DefaultConfDir, "where the runtime looks for network configs")
+	cmd.Flags().StringVar(&cfg.BinDir, "bin-dir", install.DefaultBinDir, "where the runtime looks for CNI plugins")
+	cmd.Flags().StringVar(&cfg.ConfDir, "conf-dir", install.DefaultConfDir, "where the runtime looks for network configs")
 	cmd.Flags().StringVar(&cfg.Socket, "socket", cniplugin.DefaultSocket, "the weft daemon's API socket, written into the network config")
 	cmd.Flags().IntVar(&cfg.MTU, "mtu", 0, "MTU of pod interfaces written into the network config (0: the daemon's tunnel MTU)")
 	return cmd

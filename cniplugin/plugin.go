@@ -57,6 +57,10 @@ import (
 // BinaryName is the name the runtime calls the plugin by; cnimain dispatches on it.
 const BinaryName = "weft-cni"
 
+// ConflistName is the network config file `weft install-cni` writes in the
+// runtime's conf dir.
+const ConflistName = "10-weft.conflist"
+
 // SupportedVersions are the CNI spec versions the plugin answers VERSION with.
 var SupportedVersions = version.PluginSupports("0.4.0", "1.0.0", "1.1.0")
 

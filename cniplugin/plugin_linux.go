@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -133,7 +132,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	allocated := make(chan allocation, 1)
 	go func() {
 		var a allocation
-		a.err = call(conf.Socket, addTimeout, http.MethodPost, api.PathCNIAllocate, att, &a.Allocation)
+		a.err = call(conf.Socket, addTimeout, api.MethodPost, api.PathCNIAllocate, att, &a.Allocation)
 		allocated <- a
 	}()
 	pn := podNet{PodNS: podNS, IfName: args.IfName, HostVeth: HostVethName(args.ContainerID, args.IfName), MTU: conf.MTU}
@@ -204,7 +203,7 @@ func (p *plugin) undo(conf *NetConf, att api.Attachment) {
 	if err := teardownPod(name); err != nil {
 		p.log.Warn("undo failed ADD: remove veth", "link", name, "err", err)
 	}
-	if err := call(conf.Socket, delTimeout, http.MethodPost, api.PathCNIRelease, att, nil); err != nil {
+	if err := call(conf.Socket, delTimeout, api.MethodPost, api.PathCNIRelease, att, nil); err != nil {
 		p.log.Warn("undo failed ADD: release address", "container", att.ContainerID, "err", err)
 	}
 }
@@ -231,7 +230,7 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	err = call(conf.Socket, delTimeout, http.MethodPost, api.PathCNIRelease, attachmentOf(args), nil)
+	err = call(conf.Socket, delTimeout, api.MethodPost, api.PathCNIRelease, attachmentOf(args), nil)
 	var apiErr *api.Error
 	switch {
 	case err == nil, errors.As(err, &apiErr) && apiErr.Code == api.CodeUnknown:
@@ -253,7 +252,7 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 	}
 	defer podNS.Close()
 	var alloc api.Allocation
-	if err := call(conf.Socket, checkTimeout, http.MethodPost, api.PathCNICheck, attachmentOf(args), &alloc); err != nil {
+	if err := call(conf.Socket, checkTimeout, api.MethodPost, api.PathCNICheck, attachmentOf(args), &alloc); err != nil {
 		return daemonError("check the pod's address", conf.Socket, checkTimeout, types.ErrTryAgainLater, err)
 	}
 	if err := validAllocation(alloc); err != nil {
@@ -318,7 +317,7 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 		keep[HostVethName(a.ContainerID, a.IfName)] = true
 	}
 	var resp api.GCResponse
-	derr := call(conf.Socket, gcTimeout, http.MethodPost, api.PathCNIGC, req, &resp)
+	derr := call(conf.Socket, gcTimeout, api.MethodPost, api.PathCNIGC, req, &resp)
 
 	var errs []error
 	stale := map[string]bool{}
@@ -357,7 +356,7 @@ func (p *plugin) status(args *skel.CmdArgs) error {
 		return err
 	}
 	var ready api.Ready
-	if err := call(conf.Socket, statusTimeout, http.MethodGet, api.PathReady, nil, &ready); err != nil {
+	if err := call(conf.Socket, statusTimeout, api.MethodGet, api.PathReady, nil, &ready); err != nil {
 		e := daemonError("ask the weft daemon whether it is ready", conf.Socket, statusTimeout, types.ErrPluginNotAvailable, err)
 		e.Code = types.ErrPluginNotAvailable
 		return e

@@ -18,7 +18,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/weftnet/weft/cniplugin"
+	"github.com/weftnet/weft/cniplugin/install"
 	"github.com/weftnet/weft/crypto"
 	"github.com/weftnet/weft/ipalloc"
 	"github.com/weftnet/weft/kube"
@@ -229,7 +229,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	}
 	bridge.m = a.mesh
 	if cfg.InstallCNI {
-		res, err := cniplugin.Install(context.Background(), cniplugin.InstallConfig{
+		res, err := install.Install(context.Background(), install.Config{
 			BinDir: cfg.CNIBinDir, ConfDir: cfg.CNIConfDir, Socket: cfg.SocketPath(), Log: a.log,
 		})
 		if err != nil {

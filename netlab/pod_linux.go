@@ -22,7 +22,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 
-	"github.com/weftnet/weft/cniplugin"
+	"github.com/weftnet/weft/cniplugin/install"
 )
 
 // NetConfList is the node's default CNI configuration: exactly what
@@ -35,7 +35,7 @@ func (n *Node) NetConfList() []byte {
 	if n.conflist == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		data, err := cniplugin.Conflist(ctx, cniplugin.InstallConfig{BinDir: n.lab.cniBinDir, Socket: n.SocketPath()})
+		data, err := install.Conflist(ctx, install.Config{BinDir: n.lab.cniBinDir, Socket: n.SocketPath()})
 		if err != nil {
 			// AddPod reports the broken config when libcni parses it.
 			return []byte(err.Error())

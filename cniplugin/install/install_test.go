@@ -1,4 +1,4 @@
-package cniplugin
+package install
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/weftnet/weft/cniplugin"
 )
 
 // fakePlugin writes a plugin to dir that answers VERSION with versions.
@@ -73,11 +74,11 @@ func TestInstallConflist(t *testing.T) {
 				fakePlugin(t, bin, "portmap", tt.portmap...)
 			}
 			src := fakeSource(t)
-			res, err := Install(context.Background(), InstallConfig{BinDir: bin, ConfDir: conf, Source: src, Socket: "/run/w/w.sock"})
+			res, err := Install(context.Background(), Config{BinDir: bin, ConfDir: conf, Source: src, Socket: "/run/w/w.sock"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			c := readConflist(t, filepath.Join(conf, ConflistName))
+			c := readConflist(t, filepath.Join(conf, cniplugin.ConflistName))
 			if c.CNIVersion != "1.0.0" || !slices.Equal(c.CNIVersions, tt.wantVersions) || !slices.Equal(res.CNIVersions, tt.wantVersions) {
 				t.Errorf("cniVersion %q cniVersions %v (result %v), want 1.0.0 %v", c.CNIVersion, c.CNIVersions, res.CNIVersions, tt.wantVersions)
 			}
@@ -98,11 +99,11 @@ func TestInstallConflist(t *testing.T) {
 				}
 			}
 			want, _ := os.ReadFile(src)
-			got, err := os.ReadFile(filepath.Join(bin, BinaryName))
+			got, err := os.ReadFile(filepath.Join(bin, cniplugin.BinaryName))
 			if err != nil || !bytes.Equal(got, want) {
 				t.Errorf("binary not copied: %v", err)
 			}
-			if fi, err := os.Stat(filepath.Join(bin, BinaryName)); err != nil || fi.Mode().Perm() != 0o755 {
+			if fi, err := os.Stat(filepath.Join(bin, cniplugin.BinaryName)); err != nil || fi.Mode().Perm() != 0o755 {
 				t.Errorf("binary mode %v, %v", fi.Mode(), err)
 			}
 			noTempFiles(t, bin, conf)
@@ -122,7 +123,7 @@ func TestInstallDebianPortmap(t *testing.T) {
 		t.Fatal(err)
 	}
 	ok, err := supports(context.Background(), portmap, "1.1.0")
-	res, ierr := Install(context.Background(), InstallConfig{BinDir: bin, ConfDir: conf, Source: fakeSource(t)})
+	res, ierr := Install(context.Background(), Config{BinDir: bin, ConfDir: conf, Source: fakeSource(t)})
 	if ierr != nil {
 		t.Fatal(ierr)
 	}
@@ -137,13 +138,13 @@ func TestInstallDebianPortmap(t *testing.T) {
 
 func TestInstallAtomic(t *testing.T) {
 	bin, conf := t.TempDir(), t.TempDir()
-	dst := filepath.Join(conf, ConflistName)
+	dst := filepath.Join(conf, cniplugin.ConflistName)
 	old := []byte(`{"old":true}`)
 	if err := os.WriteFile(dst, old, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	oldBin := []byte("old binary")
-	if err := os.WriteFile(filepath.Join(bin, BinaryName), oldBin, 0o755); err != nil {
+	if err := os.WriteFile(filepath.Join(bin, cniplugin.BinaryName), oldBin, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	src := fakeSource(t)
@@ -161,21 +162,21 @@ func TestInstallAtomic(t *testing.T) {
 		}
 		next, _ := os.ReadFile(tmp)
 		switch filepath.Base(d) {
-		case ConflistName:
+		case cniplugin.ConflistName:
 			if !bytes.Equal(cur, old) {
 				t.Errorf("%s changed before the rename: %s", d, cur)
 			}
 			if !json.Valid(next) {
 				t.Errorf("temporary conflist is not complete JSON: %s", next)
 			}
-		case BinaryName:
+		case cniplugin.BinaryName:
 			if !bytes.Equal(cur, oldBin) || !bytes.Equal(next, newBin) {
 				t.Errorf("binary: before rename old=%q new=%q", cur, next)
 			}
 		}
 	}
 	t.Cleanup(func() { testHookBeforeRename = nil })
-	if _, err := Install(context.Background(), InstallConfig{BinDir: bin, ConfDir: conf, Source: src}); err != nil {
+	if _, err := Install(context.Background(), Config{BinDir: bin, ConfDir: conf, Source: src}); err != nil {
 		t.Fatal(err)
 	}
 	if len(seen) != 2 {
@@ -187,19 +188,19 @@ func TestInstallAtomic(t *testing.T) {
 
 func TestInstallFailureKeepsOldFiles(t *testing.T) {
 	bin, conf := t.TempDir(), t.TempDir()
-	dst := filepath.Join(conf, ConflistName)
+	dst := filepath.Join(conf, cniplugin.ConflistName)
 	old := []byte(`{"old":true}`)
 	if err := os.WriteFile(dst, old, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Install(context.Background(), InstallConfig{BinDir: bin, ConfDir: conf, Source: filepath.Join(t.TempDir(), "missing")})
+	_, err := Install(context.Background(), Config{BinDir: bin, ConfDir: conf, Source: filepath.Join(t.TempDir(), "missing")})
 	if err == nil {
 		t.Fatal("Install of a missing binary succeeded")
 	}
 	if got, _ := os.ReadFile(dst); !bytes.Equal(got, old) {
 		t.Errorf("conflist changed after a failed install: %s", got)
 	}
-	if _, err := os.Stat(filepath.Join(bin, BinaryName)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(bin, cniplugin.BinaryName)); !os.IsNotExist(err) {
 		t.Errorf("binary exists after a failed install: %v", err)
 	}
 	noTempFiles(t, bin, conf)
@@ -219,13 +220,13 @@ func noTempFiles(t *testing.T, dirs ...string) {
 
 func TestInstallTwiceKeepsConflist(t *testing.T) {
 	bin, conf := t.TempDir(), t.TempDir()
-	cfg := InstallConfig{BinDir: bin, ConfDir: conf, Source: fakeSource(t)}
+	cfg := Config{BinDir: bin, ConfDir: conf, Source: fakeSource(t)}
 	if _, err := Install(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
 	renamed := 0
 	testHookBeforeRename = func(_, dst string) {
-		if filepath.Base(dst) == ConflistName {
+		if filepath.Base(dst) == cniplugin.ConflistName {
 			renamed++
 		}
 	}
@@ -243,7 +244,7 @@ func TestInstallTwiceKeepsConflist(t *testing.T) {
 	if renamed != 1 {
 		t.Error("a changed conflist was not written")
 	}
-	if c := readConflist(t, filepath.Join(conf, ConflistName)); c.Plugins[0]["mtu"] != 1400.0 {
+	if c := readConflist(t, filepath.Join(conf, cniplugin.ConflistName)); c.Plugins[0]["mtu"] != 1400.0 {
 		t.Errorf("mtu %v, want 1400", c.Plugins[0]["mtu"])
 	}
 }

@@ -1,4 +1,10 @@
-package cniplugin
+// Package install puts the weft CNI plugin where a container runtime finds
+// it: the binary as BIN_DIR/weft-cni and the network config
+// CONF_DIR/10-weft.conflist, both atomically. It lives apart from the plugin
+// so that a plugin call never waits for the packages it needs to
+// ask chained plugins for their versions to initialize (libcni's invoke pulls in net/http
+// and OpenTelemetry).
+package install
 
 import (
 	"bytes"
@@ -14,16 +20,14 @@ import (
 
 	"github.com/containernetworking/cni/pkg/invoke"
 
+	"github.com/weftnet/weft/cniplugin"
 	"github.com/weftnet/weft/internal/atomicfile"
 )
-
-// ConflistName is the network config file Install writes in the conf dir.
-const ConflistName = "10-weft.conflist"
 
 // NetworkName is the "name" of the weft network in the conflist.
 const NetworkName = "weft"
 
-// Defaults of InstallConfig.
+// Defaults of Config.
 const (
 	DefaultBinDir  = "/opt/cni/bin"
 	DefaultConfDir = "/etc/cni/net.d"
@@ -43,15 +47,15 @@ var chained = []string{"portmap"}
 // versionTimeout bounds the VERSION call to each chained plugin.
 const versionTimeout = 10 * time.Second
 
-// InstallConfig says where Install puts the plugin and its config.
-type InstallConfig struct {
+// Config says where Install puts the plugin and its config.
+type Config struct {
 	// BinDir is where the runtime looks for plugins; default DefaultBinDir.
 	BinDir string
 	// ConfDir is where the runtime looks for network configs; default
 	// DefaultConfDir.
 	ConfDir string
 	// Socket is the daemon's API socket written into the config; default
-	// DefaultSocket.
+	// cniplugin.DefaultSocket.
 	Socket string
 	// MTU is written into the config; 0 (the default) lets the daemon
 	// choose.
@@ -63,8 +67,8 @@ type InstallConfig struct {
 	Log *slog.Logger
 }
 
-// InstallResult says what Install wrote.
-type InstallResult struct {
+// Result says what Install wrote.
+type Result struct {
 	Binary      string   // BIN_DIR/weft-cni
 	Conflist    string   // CONF_DIR/10-weft.conflist
 	CNIVersions []string // the conflist's "cniVersions"
@@ -82,9 +86,9 @@ var testHookBeforeRename func(tmp, dst string)
 // chained plugin in BIN_DIR supports it. A chained plugin missing from
 // BIN_DIR is left out of the chain with a warning, so that pods still start.
 // Install is safe to run again; the daemon runs it at start.
-func Install(ctx context.Context, cfg InstallConfig) (InstallResult, error) {
+func Install(ctx context.Context, cfg Config) (Result, error) {
 	cfg = cfg.withDefaults()
-	var res InstallResult
+	var res Result
 	src := cfg.Source
 	if src == "" {
 		exe, err := os.Executable()
@@ -99,7 +103,7 @@ func Install(ctx context.Context, cfg InstallConfig) (InstallResult, error) {
 		}
 	}
 
-	res.Binary = filepath.Join(cfg.BinDir, BinaryName)
+	res.Binary = filepath.Join(cfg.BinDir, cniplugin.BinaryName)
 	if err := installBinary(src, res.Binary); err != nil {
 		return res, err
 	}
@@ -109,7 +113,7 @@ func Install(ctx context.Context, cfg InstallConfig) (InstallResult, error) {
 		return res, err
 	}
 	res.CNIVersions, res.Chained = versions, chain
-	res.Conflist = filepath.Join(cfg.ConfDir, ConflistName)
+	res.Conflist = filepath.Join(cfg.ConfDir, cniplugin.ConflistName)
 	if old, err := os.ReadFile(res.Conflist); err == nil && bytes.Equal(old, data) {
 		// Unchanged: spare the runtimes watching the directory a reload.
 		return res, nil
@@ -123,12 +127,12 @@ func Install(ctx context.Context, cfg InstallConfig) (InstallResult, error) {
 
 // Conflist renders the network config Install writes for cfg: it asks the
 // chained plugins in cfg.BinDir for their versions, as Install does.
-func Conflist(ctx context.Context, cfg InstallConfig) ([]byte, error) {
+func Conflist(ctx context.Context, cfg Config) ([]byte, error) {
 	data, _, _, err := conflist(ctx, cfg.withDefaults())
 	return data, err
 }
 
-func conflist(ctx context.Context, cfg InstallConfig) (data []byte, versions, chain []string, err error) {
+func conflist(ctx context.Context, cfg Config) (data []byte, versions, chain []string, err error) {
 	versions = []string{conflistBaseVersion, conflistNewVersion}
 	for _, name := range chained {
 		path := filepath.Join(cfg.BinDir, name)
@@ -148,7 +152,7 @@ func conflist(ctx context.Context, cfg InstallConfig) (data []byte, versions, ch
 	return data, versions, chain, err
 }
 
-func (c InstallConfig) withDefaults() InstallConfig {
+func (c Config) withDefaults() Config {
 	if c.BinDir == "" {
 		c.BinDir = DefaultBinDir
 	}
@@ -156,7 +160,7 @@ func (c InstallConfig) withDefaults() InstallConfig {
 		c.ConfDir = DefaultConfDir
 	}
 	if c.Socket == "" {
-		c.Socket = DefaultSocket
+		c.Socket = cniplugin.DefaultSocket
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
@@ -199,12 +203,12 @@ type (
 	}
 )
 
-func renderConflist(cfg InstallConfig, versions, chain []string) ([]byte, error) {
+func renderConflist(cfg Config, versions, chain []string) ([]byte, error) {
 	f := conflistFile{
 		CNIVersion:  conflistBaseVersion,
 		CNIVersions: versions,
 		Name:        NetworkName,
-		Plugins:     []any{weftEntry{Type: BinaryName, Socket: cfg.Socket, MTU: cfg.MTU}},
+		Plugins:     []any{weftEntry{Type: cniplugin.BinaryName, Socket: cfg.Socket, MTU: cfg.MTU}},
 	}
 	for _, name := range chain {
 		if name == "portmap" {
@@ -213,7 +217,7 @@ func renderConflist(cfg InstallConfig, versions, chain []string) ([]byte, error)
 	}
 	data, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
-		return nil, fmt.Errorf("render %s: %w", ConflistName, err)
+		return nil, fmt.Errorf("render %s: %w", cniplugin.ConflistName, err)
 	}
 	return append(data, '\n'), nil
 }
