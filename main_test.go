@@ -164,7 +164,9 @@ func TestPluginSkipsDaemonInits(t *testing.T) {
 		return pkgs
 	}
 	cli, plugin := inits(bin, "version"), inits(cni)
-	for _, prefix := range []string{"k8s.io/client-go/", "k8s.io/api/", "github.com/hashicorp/memberlist"} {
+	for _, prefix := range []string{"k8s.io/client-go/", "k8s.io/api/", "github.com/hashicorp/memberlist",
+		// net/http and what waits for it (see package api).
+		"net/http", "github.com/prometheus/client_golang/prometheus/promhttp", "go.opentelemetry.io/otel/propagation"} {
 		has := func(pkgs []string) bool {
 			return slices.ContainsFunc(pkgs, func(p string) bool { return strings.HasPrefix(p, prefix) })
 		}
