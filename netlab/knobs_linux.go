@@ -117,9 +117,11 @@ func (l *Lab) LimitPath(a, b *Node, maxPacket int) error {
 	return nil
 }
 
-// SetLoss makes n's underlay link drop percent of the frames, chosen at
-// random, in each direction (nftables numgen on its bridge port): a lossy
-// link. 0 makes it clean again; setting again replaces it.
+// SetLoss makes n's underlay link drop percent of the IPv4 packets, chosen
+// at random, in each direction (nftables numgen on its bridge port): a
+// lossy link. ARP passes, so neighbour discovery does not stall for seconds
+// and the loss a test sees is the percentage it asked for. 0 makes the link
+// clean again; setting again replaces it.
 func (l *Lab) SetLoss(n *Node, percent int) error {
 	if percent < 0 || percent > 100 {
 		return fmt.Errorf("loss on %s's link: %d%%, want 0..100", n.Name, percent)
@@ -137,6 +139,8 @@ func (l *Lab) SetLoss(n *Node, percent int) error {
 	// numgen yields a number in host order; it is turned to network order
 	// so that the comparison, which compares bytes, compares numbers.
 	random := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(unix.ETH_P_IP)},
 		&expr.Numgen{Register: 1, Modulus: 100, Type: unix.NFT_NG_RANDOM},
 		&expr.Byteorder{SourceRegister: 1, DestRegister: 1, Op: expr.ByteorderHton, Len: 4, Size: 4},
 		&expr.Cmp{Op: expr.CmpOpLt, Register: 1, Data: binaryutil.BigEndian.PutUint32(uint32(percent))},
