@@ -83,6 +83,23 @@ func (l *Lab) LimitPath(a, b *Node, maxPacket int) error {
 		l.log.Info("path limit lifted", "a", a.Name, "b", b.Name)
 		return nil
 	}
+	// The kernel hands GSO super-packets (one skb of many segments, its IP
+	// length the sum) from a node's eth0 across the bridge; no wire ever
+	// carries one. So that the rule sees packets as a wire would, a and b
+	// segment before their link (gso_max_segs 1): GSO stays off there,
+	// lifting the limit does not turn it back on.
+	for _, n := range []*Node{a, b} {
+		err := withHandle(n.Netns, func(h *netlink.Handle) error {
+			link, err := h.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			return h.LinkSetGSOMaxSegs(link, 1)
+		})
+		if err != nil {
+			return fmt.Errorf("turn GSO off on %s's eth0: %w", n.Name, err)
+		}
+	}
 	longer := []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 2, Len: 2}, // ip length
 		&expr.Cmp{Op: expr.CmpOpGt, Register: 1, Data: binaryutil.BigEndian.PutUint16(uint16(maxPacket))},
