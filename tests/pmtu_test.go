@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,7 +49,7 @@ func testPathMTU(t *testing.T, clamp bool) {
 		t.Fatal(err)
 	}
 	startAll(t, ctx, nodes, func(*netlab.Node) []string {
-		return seedArgs(n1, nodes, fmt.Sprintf("--mss-clamp=%v", clamp))
+		return seedArgs(n1, nodes, fmt.Sprintf("--mss-clamp=%v", clamp), "--metrics-addr", ":6782")
 	})
 	waitMesh(t, ctx, nodes)
 
@@ -75,6 +77,12 @@ func testPathMTU(t *testing.T, clamp bool) {
 	st, _ := peersStatus(ctx, n1)
 	for _, p := range st.Peers {
 		t.Logf("%s: pmtu of %s is %d (tunnel MTU %d)", n1.Name, p.Name, p.PMTU, st.MTU)
+	}
+	metrics := metricsOf(t, ctx, n1)
+	for _, want := range []string{fmt.Sprintf(`weft_peer_path_mtu_bytes{peer="node2"} %d`, st.MTU), `weft_peer_path_mtu_bytes{peer="node3"} `} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("the metrics of %s lack %q", n1.Name, want)
+		}
 	}
 
 	pods := addPods(t, ctx, nodes, 1)
@@ -171,4 +179,20 @@ type zeros struct{}
 func (zeros) Read(b []byte) (int, error) {
 	clear(b)
 	return len(b), nil
+}
+
+// metricsOf fetches /metrics of n's daemon (--metrics-addr :6782).
+func metricsOf(t *testing.T, ctx context.Context, n *netlab.Node) string {
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) { return n.Dial(ctx, network, addr) },
+	}}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.Addr.String()+":6782/metrics", nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("metrics of %s: %v", n.Name, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
