@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -62,7 +63,7 @@ func printPeers(w io.Writer, st daemon.PeersStatus) error {
 		st.Node, ready, orDash(st.TunnelAddr), st.Interface, st.WGMode, st.MTU, st.Endpoint, short(st.PublicKey))
 	fmt.Fprintf(w, "mesh: %d other members, health score %d (0 is best)\n", st.Members, st.Health)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tSTATE\tPATH\tENDPOINT\tTUNNEL\tHANDSHAKE\tRX\tTX\tALLOWED IPS")
+	fmt.Fprintln(tw, "PEER\tSTATE\tPATH\tENDPOINT\tTUNNEL\tPMTU\tHANDSHAKE\tRX\tTX\tALLOWED IPS")
 	for _, p := range st.Peers {
 		path := p.Path
 		if p.Via != "" {
@@ -72,8 +73,12 @@ func printPeers(w io.Writer, st daemon.PeersStatus) error {
 		if p.LastHandshake != "" {
 			hs = (time.Duration(p.HandshakeAge) * time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(p.Name), p.State, path, orDash(p.Endpoint),
-			orDash(p.TunnelAddr), hs, bytesHuman(p.RxBytes), bytesHuman(p.TxBytes), strings.Join(p.AllowedIPs, ","))
+		pmtu := "-"
+		if p.PMTU > 0 {
+			pmtu = strconv.Itoa(p.PMTU)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(p.Name), p.State, path, orDash(p.Endpoint),
+			orDash(p.TunnelAddr), pmtu, hs, bytesHuman(p.RxBytes), bytesHuman(p.TxBytes), strings.Join(p.AllowedIPs, ","))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

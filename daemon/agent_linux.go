@@ -51,6 +51,7 @@ type agent struct {
 	bridge   *meshBridge // the allocator's way to the mesh
 	nl       *netlink.Handle
 	kick     chan struct{}
+	pmtu     *pmtuProber // path MTU of every peer
 
 	mu         sync.Mutex
 	tunnelAddr netip.Addr
@@ -114,6 +115,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return a.claimTunnelAddr(gctx) })
 	g.Go(func() error { return a.sweepLoop(gctx) })
 	g.Go(func() error { return a.reconcileLoop(gctx) })
+	g.Go(func() error { return a.pmtu.Run(gctx) })
 	if a.kube != nil {
 		a.runKube(gctx, g)
 	}
@@ -171,6 +173,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	if a.mtu == 0 {
 		a.mtu = crypto.AutoMTU(u.MTU)
 	}
+	a.pmtu = newPMTUProber(defaultPMTUConfig(a.mtu), a.log.With("part", "pmtu"), a.trigger)
 	for _, s := range nodeSysctls {
 		if err := setSysctl(s[0], s[1]); err != nil {
 			return err

@@ -140,6 +140,10 @@ type PeerStatus struct {
 	RxBytes       int64    `json:"rxBytes"`
 	TxBytes       int64    `json:"txBytes"`
 	AllowedIPs    []string `json:"allowedIPs"`
+	// PMTU is the largest packet (IP total length) known to get through
+	// the tunnel to the peer, at most the tunnel's MTU; 0 until measured.
+	// TCP to and from the peer's ranges is clamped to PMTU - 40.
+	PMTU int `json:"pmtu"`
 	// Refused says why this node refused what the peer announces (a tunnel
 	// address outside the pod range or its own ranges); such an address
 	// gets no allowed IP and no route.
@@ -215,11 +219,13 @@ func (a *agent) peersStatus() (PeersStatus, error) {
 		byKey[kp.PublicKey.String()] = kp
 	}
 	now := time.Now()
+	pmtu := a.pmtu.Results()
 	for _, p := range dev.Peers {
 		ps := PeerStatus{PublicKey: shortKey(p.PublicKey.String()), Path: "direct", State: "unknown",
 			RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes, AllowedIPs: []string{}}
 		if kp := byKey[p.PublicKey.String()]; kp != nil {
 			ps.Name = kp.Name
+			ps.PMTU = pmtu[kp.Name]
 			ps.Advertised = kp.Endpoint
 			if kp.Announced.IsValid() {
 				ps.TunnelAddr = kp.Announced.String()

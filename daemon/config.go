@@ -36,6 +36,10 @@ type Config struct {
 	CNIConfDir        string        // --cni-conf-dir; default /etc/cni/net.d
 	SweepInterval     time.Duration // how often allocations of vanished pods are looked for
 	UseExternalIP     bool          // --use-external-ip: seeds are Nodes' ExternalIPs (clusters across clouds)
+	// MSSClamp (--mss-clamp, default true) lowers the TCP MSS of traffic
+	// to and from a peer whose measured path MTU is below the tunnel's.
+	// Off, path MTUs are still measured and shown, nothing is clamped.
+	MSSClamp bool
 }
 
 // Defaults of the documented flags.
@@ -66,6 +70,7 @@ func DefaultConfig() Config {
 		CNIBinDir:      "/opt/cni/bin",
 		CNIConfDir:     "/etc/cni/net.d",
 		SweepInterval:  10 * time.Second,
+		MSSClamp:       true,
 	}
 }
 

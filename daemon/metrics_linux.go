@@ -25,7 +25,7 @@ var (
 
 func (c metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descMembers, descHealth, descPeerUp, descRelayed, descHandshake,
-		descRx, descTx, descAllocs, descFree, descUnreach, descReconcileErr} {
+		descRx, descTx, descAllocs, descFree, descUnreach, descReconcileErr, descPeerPMTU} {
 		ch <- d
 	}
 }
@@ -58,6 +58,9 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(descRx, prometheus.CounterValue, float64(p.RxBytes), name)
 			ch <- prometheus.MustNewConstMetric(descTx, prometheus.CounterValue, float64(p.TxBytes), name)
+			if p.PMTU > 0 {
+				gauge(descPeerPMTU, float64(p.PMTU), name)
+			}
 		}
 	}
 	ist := a.alloc.Status(a.reachable)

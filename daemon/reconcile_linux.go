@@ -246,6 +246,9 @@ func (a *agent) reconcile(mem endpointMemory) error {
 	if err := syncMasquerade(a.cfg.PodCIDR); err != nil {
 		errs = append(errs, err)
 	}
+	if err := a.syncPathMTU(v, dev.Peers); err != nil {
+		errs = append(errs, err)
+	}
 	err = errors.Join(errs...)
 	a.mu.Lock()
 	switch {

@@ -36,6 +36,8 @@
 //	rtt, err := pod.Ping(ctx, otherPod.IP())
 //	for _, p := range capture.Stop() { ... } // only UDP to 6784 on the underlay?
 //	err = lab.Cut(nodes[0], nodes[1]) // and lab.Heal
+//	err = lab.LimitPath(nodes[0], nodes[2], 1280) // a VPN path: larger packets vanish
+//	err = lab.SetLinkMTU(nodes[1], 1400)          // and lab.SetLoss(nodes[1], 5)
 package netlab
 
 import (

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 )
 
 // EchoReply is the answer to one ICMP echo.
@@ -36,21 +37,47 @@ func Ping(ctx context.Context, netnsPath string, dst netip.Addr, timeout time.Du
 
 // Echo is Ping that also returns the TTL and source of the reply.
 func Echo(ctx context.Context, netnsPath string, dst netip.Addr, timeout time.Duration) (EchoReply, error) {
+	return echo(ctx, netnsPath, dst, timeout, 0)
+}
+
+// PingSize is Ping with an echo request whose IP packet is size bytes
+// long (28 at least) and has Don't Fragment set, so it gets through only
+// where every hop carries size bytes: what a test of a path MTU needs. The
+// local route's MTU is ignored (IP_PMTUDISC_PROBE); only the interface's
+// MTU limits what leaves.
+func PingSize(ctx context.Context, netnsPath string, dst netip.Addr, size int, timeout time.Duration) (time.Duration, error) {
+	if size < 28 || size > 65535 {
+		return 0, fmt.Errorf("ping %s: size %d, want 28..65535", dst, size)
+	}
+	r, err := echo(ctx, netnsPath, dst, timeout, size)
+	return r.RTT, err
+}
+
+// echo sends one echo request of size bytes with DF set (0: 60 bytes, DF
+// as the kernel likes) and waits for its reply.
+func echo(ctx context.Context, netnsPath string, dst netip.Addr, timeout time.Duration, size int) (EchoReply, error) {
 	dst = dst.Unmap()
 	if !dst.Is4() {
 		return EchoReply{}, fmt.Errorf("ping %s: only IPv4 is supported", dst)
 	}
-	var conn *icmp.PacketConn
+	var conn *net.IPConn
 	err := inNetns(netnsPath, func() error {
-		var err error
-		conn, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+		c, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
+		if err == nil {
+			conn = c.(*net.IPConn)
+		}
 		return err
 	})
 	if err != nil {
 		return EchoReply{}, fmt.Errorf("ping %s: open ICMP socket in %s: %w", dst, netnsPath, err)
 	}
 	defer conn.Close()
-	pc := conn.IPv4PacketConn()
+	pc := ipv4.NewPacketConn(conn)
+	if size > 0 {
+		if err := setPMTUProbe(conn); err != nil {
+			return EchoReply{}, fmt.Errorf("ping %s: %w", dst, err)
+		}
+	}
 	if err := pc.SetControlMessage(ipv4.FlagTTL, true); err != nil {
 		return EchoReply{}, fmt.Errorf("ping %s: %w", dst, err)
 	}
@@ -66,6 +93,9 @@ func Echo(ctx context.Context, netnsPath string, dst netip.Addr, timeout time.Du
 	rand.Read(idb[:])
 	id := int(binary.BigEndian.Uint16(idb[:]))
 	payload := make([]byte, 32)
+	if size > 0 {
+		payload = make([]byte, size-28)
+	}
 	rand.Read(payload)
 	req, err := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: 1, Data: payload}}).Marshal(nil)
 	if err != nil {
@@ -75,7 +105,7 @@ func Echo(ctx context.Context, netnsPath string, dst netip.Addr, timeout time.Du
 	if _, err := conn.WriteTo(req, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
 		return EchoReply{}, fmt.Errorf("ping %s: send: %w", dst, err)
 	}
-	buf := make([]byte, 1500)
+	buf := make([]byte, max(1500, size))
 	for {
 		n, cm, from, err := pc.ReadFrom(buf)
 		if err != nil {
@@ -167,4 +197,23 @@ func Dial(ctx context.Context, netnsPath, network, addr string) (net.Conn, error
 		return nil, fmt.Errorf("dial %s %s from %s: %w", network, addr, netnsPath, err)
 	}
 	return c, nil
+}
+
+// setPMTUProbe makes the socket set DF on what it sends and ignore the
+// path MTU the kernel learnt (IP_PMTUDISC_PROBE).
+func setPMTUProbe(conn *net.IPConn) error {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("set IP_MTU_DISCOVER: %w", serr)
+	}
+	return nil
 }
