@@ -143,7 +143,7 @@ func exportedNames(t *testing.T) map[string]bool {
 }
 
 // Every query of the Grafana dashboard parses as PromQL and selects only
-// metrics the daemon exports.
+// metrics the daemon exports, and every panel follows the node variable.
 func TestDashboardNamesExportedMetrics(t *testing.T) {
 	model, err := os.ReadFile("../deploy/grafana/weft.json")
 	if err != nil {
@@ -165,6 +165,17 @@ func TestDashboardNamesExportedMetrics(t *testing.T) {
 		if !exported[name] {
 			t.Errorf("the dashboard queries %s, which the daemon does not export", name)
 		}
+	}
+	panels, err := dashboard.PanelQueries(model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unfiltered, err := dashboard.Unfiltered(panels, `instance=~"$node"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sel := range unfiltered {
+		t.Errorf("the dashboard's selector %s ignores the node variable (add instance=~\"$node\")", sel)
 	}
 	inUse := map[string]bool{}
 	for _, name := range used {

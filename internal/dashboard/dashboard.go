@@ -20,20 +20,30 @@ import (
 // PromQL: label_values(EXPR, label) becomes EXPR, and the interval macros
 // ($__rate_interval and the like) become a fixed range.
 func Queries(model []byte) ([]string, error) {
+	panels, vars, err := split(model)
+	return append(panels, vars...), err
+}
+
+// PanelQueries is Queries without the variables' queries.
+func PanelQueries(model []byte) ([]string, error) {
+	panels, _, err := split(model)
+	return panels, err
+}
+
+func split(model []byte) (panels, vars []string, err error) {
 	var root any
 	if err := json.Unmarshal(model, &root); err != nil {
-		return nil, fmt.Errorf("read dashboard JSON: %w", err)
+		return nil, nil, fmt.Errorf("read dashboard JSON: %w", err)
 	}
-	var out []string
 	walk(root, func(m map[string]any) {
 		if e, ok := m["expr"].(string); ok {
-			out = append(out, promQL(e))
+			panels = append(panels, promQL(e))
 		}
 	})
 	if dash, ok := root.(map[string]any); ok {
 		tmpl, _ := dash["templating"].(map[string]any)
-		vars, _ := tmpl["list"].([]any)
-		for _, v := range vars {
+		list, _ := tmpl["list"].([]any)
+		for _, v := range list {
 			v, _ := v.(map[string]any)
 			if v["type"] != "query" {
 				continue
@@ -44,12 +54,12 @@ func Queries(model []byte) ([]string, error) {
 			}
 			s, ok := q.(string)
 			if !ok {
-				return nil, fmt.Errorf("variable %v: query is %T, want a string", v["name"], q)
+				return nil, nil, fmt.Errorf("variable %v: query is %T, want a string", v["name"], q)
 			}
-			out = append(out, promQL(s))
+			vars = append(vars, promQL(s))
 		}
 	}
-	return out, nil
+	return panels, vars, nil
 }
 
 func walk(v any, f func(map[string]any)) {
@@ -117,4 +127,28 @@ func Metrics(exprs []string) ([]string, error) {
 	}
 	slices.Sort(names)
 	return slices.Compact(names), nil
+}
+
+// Unfiltered returns the selectors of the expressions that lack the label
+// matcher want (as PromQL writes it, e.g. `instance=~"$node"`): panels that
+// would ignore the dashboard's variable.
+func Unfiltered(exprs []string, want string) ([]string, error) {
+	var out []string
+	for _, e := range exprs {
+		ast, err := parser.ParseExpr(e)
+		if err != nil {
+			return nil, fmt.Errorf("parse %q: %w", e, err)
+		}
+		parser.Inspect(ast, func(n parser.Node, _ []parser.Node) error {
+			vs, ok := n.(*parser.VectorSelector)
+			if !ok {
+				return nil
+			}
+			if !slices.ContainsFunc(vs.LabelMatchers, func(m *labels.Matcher) bool { return m.String() == want }) {
+				out = append(out, vs.String())
+			}
+			return nil
+		})
+	}
+	return out, nil
 }

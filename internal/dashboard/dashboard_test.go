@@ -29,6 +29,33 @@ func TestQueries(t *testing.T) {
 	}
 }
 
+func TestPanelQueries(t *testing.T) {
+	model := `{"panels": [{"targets": [{"expr": "a"}]}],
+	  "templating": {"list": [{"type": "query", "name": "node", "query": "label_values(b, instance)"}]}}`
+	got, err := PanelQueries([]byte(model))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []string{"a"}) {
+		t.Errorf("PanelQueries = %q, want only the panel's", got)
+	}
+}
+
+func TestUnfiltered(t *testing.T) {
+	got, err := Unfiltered([]string{
+		`rate(a_total{instance=~"$node"}[5m]) / on (instance) b{instance=~"$node", x="y"}`,
+		`c{x="y"} + d`,
+		`e{instance="$node"}`,
+	}, `instance=~"$node"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`c{x="y"}`, `d`, `e{instance="$node"}`}
+	if !slices.Equal(got, want) {
+		t.Errorf("Unfiltered = %q, want %q", got, want)
+	}
+}
+
 func TestMetrics(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
