@@ -19,6 +19,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/weftnet/weft/internal/dashboard"
 	"github.com/weftnet/weft/netlab"
@@ -224,6 +225,7 @@ func TestMetricsDashboard(t *testing.T) {
 	// A server on the first node, a client on the second, in a namespace
 	// whose pods a default deny isolates for ingress.
 	cfg := kapi.RESTConfig()
+	cfg.WarningHandler = rest.NoWarnings{} // the pods' duplicate port 80 is meant (see startPod)
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
