@@ -52,6 +52,7 @@ type agent struct {
 	nl       *netlink.Handle
 	kick     chan struct{}
 	pmtu     *pmtuProber // path MTU of every peer
+	metrics  *metrics
 
 	mu         sync.Mutex
 	tunnelAddr netip.Addr
@@ -95,7 +96,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	a := &agent{cfg: cfg, log: log, kick: make(chan struct{}, 1), peers: map[string]*knownPeer{}}
+	a := &agent{cfg: cfg, log: log, kick: make(chan struct{}, 1), peers: map[string]*knownPeer{}, metrics: newMetrics()}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
@@ -108,7 +109,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer a.teardown()
 	g.Go(func() error { return a.mesh.Run(gctx) })
 	g.Go(func() error { return a.alloc.Run(gctx) })
-	g.Go(func() error { return (&apiServer{socket: cfg.SocketPath(), b: a, log: log}).Run(gctx) })
+	g.Go(func() error {
+		return (&apiServer{socket: cfg.SocketPath(), b: a, log: log, metrics: a.metrics}).Run(gctx)
+	})
 	if cfg.MetricsAddr != "" {
 		g.Go(func() error { return a.serveHealth(gctx) })
 	}

@@ -30,9 +30,10 @@ type backend interface {
 
 // apiServer serves the backend on a unix socket, mode 0600.
 type apiServer struct {
-	socket string
-	b      backend
-	log    *slog.Logger
+	socket  string
+	b       backend
+	log     *slog.Logger
+	metrics *metrics // nil: nothing is counted
 }
 
 // maxRequest bounds a request body; a GC of many thousand attachments fits.
@@ -43,26 +44,26 @@ func (s *apiServer) handler() http.Handler {
 	mux.HandleFunc("GET "+api.PathReady, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.b.Ready())
 	})
-	mux.HandleFunc("POST "+api.PathCNIAllocate, s.attachment(func(ctx context.Context, a api.Attachment) (any, error) {
+	mux.HandleFunc("POST "+api.PathCNIAllocate, s.cni(opAdd, s.attachment(func(ctx context.Context, a api.Attachment) (any, error) {
 		ctx, cancel := context.WithTimeout(ctx, api.AllocateWait)
 		defer cancel()
 		return s.b.Allocate(ctx, a)
-	}))
-	mux.HandleFunc("POST "+api.PathCNIRelease, s.attachment(func(ctx context.Context, a api.Attachment) (any, error) {
+	})))
+	mux.HandleFunc("POST "+api.PathCNIRelease, s.cni(opDel, s.attachment(func(ctx context.Context, a api.Attachment) (any, error) {
 		al, _, err := s.b.Release(ctx, a)
 		return al, err
-	}))
-	mux.HandleFunc("POST "+api.PathCNICheck, s.attachment(func(ctx context.Context, a api.Attachment) (any, error) {
+	})))
+	mux.HandleFunc("POST "+api.PathCNICheck, s.cni(opCheck, s.attachment(func(ctx context.Context, a api.Attachment) (any, error) {
 		return s.b.Check(ctx, a)
-	}))
-	mux.HandleFunc("POST "+api.PathCNIGC, func(w http.ResponseWriter, r *http.Request) {
+	})))
+	mux.HandleFunc("POST "+api.PathCNIGC, s.cni(opGC, func(r *http.Request) (any, error) {
 		var req api.GCRequest
-		if !decode(w, r, &req) {
-			return
+		if err := decodeRequest(r, &req); err != nil {
+			return nil, err
 		}
 		released, err := s.b.GC(r.Context(), req.Valid)
-		s.reply(w, r, api.GCResponse{Released: released}, err)
-	})
+		return api.GCResponse{Released: released}, err
+	}))
 	mux.HandleFunc("GET "+api.PathStatus, s.status(""))
 	for _, sec := range []string{"peers", "ipam", "policy"} {
 		mux.HandleFunc("GET "+api.PathStatus+"/"+sec, s.status(sec))
@@ -84,19 +85,29 @@ func (s *apiServer) handler() http.Handler {
 	return mux
 }
 
-func (s *apiServer) attachment(f func(context.Context, api.Attachment) (any, error)) http.HandlerFunc {
+// cni serves one CNI operation and counts it, with the time the daemon
+// took, in the metrics.
+func (s *apiServer) cni(op string, serve func(*http.Request) (any, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		out, err := serve(r)
+		s.metrics.observeCNI(op, time.Since(start), err)
+		s.reply(w, r, out, err)
+	}
+}
+
+// attachment serves a request that names one attachment.
+func (s *apiServer) attachment(f func(context.Context, api.Attachment) (any, error)) func(*http.Request) (any, error) {
+	return func(r *http.Request) (any, error) {
 		var a api.Attachment
-		if !decode(w, r, &a) {
-			return
+		if err := decodeRequest(r, &a); err != nil {
+			return nil, err
 		}
 		if a.ContainerID == "" || a.IfName == "" {
-			writeError(w, &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest,
-				Message: "containerID and ifName are required"})
-			return
+			return nil, &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest,
+				Message: "containerID and ifName are required"}
 		}
-		out, err := f(r.Context(), a)
-		s.reply(w, r, out, err)
+		return f(r.Context(), a)
 	}
 }
 
@@ -121,14 +132,23 @@ func (s *apiServer) reply(w http.ResponseWriter, r *http.Request, out any, err e
 }
 
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequest))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		writeError(w, &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest,
-			Message: fmt.Sprintf("malformed request: %v", err)})
+	if err := decodeRequest(r, v); err != nil {
+		writeError(w, err)
 		return false
 	}
 	return true
+}
+
+// decodeRequest reads the JSON body of r into v; the error is a bad-request
+// api error.
+func decodeRequest(r *http.Request, v any) *api.Error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequest))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest,
+			Message: fmt.Sprintf("malformed request: %v", err)}
+	}
+	return nil
 }
 
 func writeError(w http.ResponseWriter, e *api.Error) {

@@ -91,6 +91,7 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) err
 			return nil
 		case <-sync.C:
 			if err := applier.Sync(); err != nil {
+				a.metrics.observePolicyRepairError()
 				a.log.Warn("repair NetworkPolicy rules", "err", err)
 			}
 			continue
@@ -101,6 +102,7 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) err
 			return nil
 		case <-time.After(policyDebounce):
 		}
+		start := time.Now()
 		in := policy.Input{NodeName: a.cfg.NodeName, NodeAddrs: a.nodeAddrs()}
 		podList, _ := pods.Lister().List(labels.Everything())
 		nsList, _ := nss.Lister().List(labels.Everything())
@@ -110,7 +112,9 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) err
 		in.Policies = append([]*networkingv1.NetworkPolicy(nil), npList...)
 		rs := policy.Compile(in)
 		before := applier.Writes()
-		if err := applier.Apply(rs); err != nil {
+		err := applier.Apply(rs)
+		a.metrics.observePolicyApply(time.Since(start), err)
+		if err != nil {
 			a.log.Warn("apply NetworkPolicy rules; retrying", "err", err)
 			go func() {
 				select {
