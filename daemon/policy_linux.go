@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/weftnet/weft/kube"
 	"github.com/weftnet/weft/policy"
 )
 
@@ -40,7 +41,7 @@ type PolicyStatus struct {
 // change is compiled and applied as one atomic batch, and a periodic sync
 // repairs drift. The rules stay when the daemon stops.
 func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) error {
-	f := informers.NewSharedInformerFactory(client, 0)
+	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(kube.PolicyTransform))
 	pods := f.Core().V1().Pods()
 	nss := f.Core().V1().Namespaces()
 	nps := f.Networking().V1().NetworkPolicies()
