@@ -48,6 +48,9 @@ func TestPolicy(t *testing.T) {
 	t.Run("drops are counted and explained", func(t *testing.T) {
 		testPolicyDropsExplained(t, ctx, c)
 	})
+	t.Run("why", func(t *testing.T) {
+		testPolicyWhy(t, ctx, c)
+	})
 	t.Run("changes take effect within 2s", func(t *testing.T) {
 		testPolicyTiming(t, ctx, c)
 	})
