@@ -34,14 +34,16 @@ func TestPolicy(t *testing.T) {
 	}
 
 	for _, sc := range policyScenarios(c) {
-		restored := false
+		ran, restored := false, false
 		t.Run(sc.name, func(t *testing.T) {
+			ran = true
 			c.createPolicies(t, ctx, sc.policies)
 			c.waitMatrix(t, ctx, "with the policies")
 			c.deleteAllPolicies(t, ctx)
 			restored = c.waitMatrix(t, ctx, "after deleting the policies")
 		})
-		if !restored {
+		// A scenario that -run leaves out changes nothing.
+		if ran && !restored {
 			t.Fatalf("scenario %q left the cluster without full reachability; the next ones would tell nothing", sc.name)
 		}
 	}
