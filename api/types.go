@@ -21,6 +21,7 @@ const (
 	PathCNIGC       = "/v1/cni/gc"       // POST GCRequest  -> GCResponse
 	PathStatus      = "/v1/status"       // GET, and /peers, /ipam, /policy
 	PathRmpeer      = "/v1/rmpeer"       // POST {"node": NAME}
+	PathPolicyWhy   = "/v1/policy/why"   // POST WhyRequest -> the verdict (daemon.WhyAnswer)
 )
 
 // Error codes the CNI plugin branches on.
@@ -66,4 +67,19 @@ type GCResponse struct {
 type Ready struct {
 	Ready  bool   `json:"ready"`
 	Reason string `json:"reason,omitempty"`
+}
+
+// WhyRequest asks whether a packet would pass the NetworkPolicies in force
+// (`weft why`).
+type WhyRequest struct {
+	// Src and Dst are each the namespace/name of a pod or an address
+	// (of a pod, a node, or outside the cluster, for ipBlock rules).
+	Src string `json:"src"`
+	Dst string `json:"dst"`
+	// Proto is tcp, udp, sctp, icmp, icmpv6 or a protocol number; empty
+	// means ICMP (what ping sends; ICMPv6 between IPv6 addresses).
+	Proto string `json:"proto,omitempty"`
+	// Port is the destination port, 1 to 65535, for TCP, UDP and SCTP
+	// only.
+	Port uint16 `json:"port,omitempty"`
 }

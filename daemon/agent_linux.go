@@ -69,6 +69,7 @@ type agent struct {
 	applier       *policy.Applier // nil without Kubernetes
 	drops         *policy.DropLog
 	ruleSet       policy.RuleSet
+	explainer     *policy.Explainer // the objects and rules in force; nil until the first apply
 	policyApplied time.Time
 }
 

@@ -26,6 +26,7 @@ type backend interface {
 	GC(ctx context.Context, valid []api.Attachment) ([]api.Allocation, error)
 	Status(section string) (any, error)
 	Rmpeer(ctx context.Context, node string) (string, error)
+	Why(ctx context.Context, req api.WhyRequest) (WhyAnswer, error)
 }
 
 // apiServer serves the backend on a unix socket, mode 0600.
@@ -81,6 +82,18 @@ func (s *apiServer) handler() http.Handler {
 		}
 		msg, err := s.b.Rmpeer(r.Context(), req.Node)
 		s.reply(w, r, map[string]string{"message": msg}, err)
+	})
+	mux.HandleFunc("POST "+api.PathPolicyWhy, func(w http.ResponseWriter, r *http.Request) {
+		var req api.WhyRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		if req.Src == "" || req.Dst == "" {
+			writeError(w, &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Message: "why: src and dst are required"})
+			return
+		}
+		out, err := s.b.Why(r.Context(), req)
+		s.reply(w, r, out, err)
 	})
 	return mux
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/weftnet/weft/api"
 	"github.com/weftnet/weft/kube"
 	"github.com/weftnet/weft/policy"
 )
@@ -128,6 +130,7 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) err
 		}
 		a.mu.Lock()
 		a.ruleSet = rs
+		a.explainer = policy.NewExplainer(in, rs)
 		if applier.Writes() != before || a.policyApplied.IsZero() {
 			a.policyApplied = time.Now()
 		}
@@ -135,13 +138,59 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) err
 	}
 }
 
-// explainDrop says why the rule set in force drops pkt.
+// explainDrop says why the rules in force drop pkt: the reason `weft why`
+// gives for it.
 func (a *agent) explainDrop(pkt policy.Packet) string {
 	a.mu.Lock()
-	rs := a.ruleSet
+	e := a.explainer
 	a.mu.Unlock()
-	_, why := rs.Allows(pkt)
-	return why.String()
+	if e == nil {
+		return "no NetworkPolicy rules applied yet"
+	}
+	return e.ExplainDrop(pkt)
+}
+
+// Why answers `weft why` from the objects and rules in force on this
+// node: egress is judged with the rules of the source pod's node, ingress
+// with those of the destination pod's node, compiled from the same
+// cluster-wide objects.
+func (a *agent) Why(_ context.Context, req api.WhyRequest) (WhyAnswer, error) {
+	a.mu.Lock()
+	e, applier := a.explainer, a.applier
+	a.mu.Unlock()
+	if e == nil {
+		msg := "no NetworkPolicy rules applied yet; try again in a moment"
+		if applier == nil && a.kube == nil {
+			msg = "NetworkPolicy is enforced only with Kubernetes (--kubeconfig or in a pod)"
+		}
+		return WhyAnswer{}, &api.Error{Status: http.StatusServiceUnavailable, Code: api.CodeNotReady, Message: msg}
+	}
+	pkt, err := whyPacket(e, req)
+	if err != nil {
+		return WhyAnswer{}, &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Message: err.Error()}
+	}
+	return WhyAnswer{AnsweredBy: a.cfg.NodeName, Verdict: e.WhyCluster(pkt, a.peerAddrs)}, nil
+}
+
+// peerAddrs are a peer's own addresses as the mesh knows them: its tunnel
+// address and the host of its endpoint.
+func (a *agent) peerAddrs(node string) []netip.Addr {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	kp := a.peers[node]
+	if kp == nil {
+		return nil
+	}
+	var out []netip.Addr
+	if kp.TunnelAddr.IsValid() {
+		out = append(out, kp.TunnelAddr)
+	}
+	if ep := kp.peer.Endpoint; ep != nil {
+		if ip, ok := netip.AddrFromSlice(ep.IP); ok {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out
 }
 
 // nodeAddrs are this node's own addresses: traffic from them to local pods

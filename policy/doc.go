@@ -8,6 +8,10 @@
 //     on this node. A RuleSet can be evaluated in Go ([RuleSet.Allows]), which
 //     is how it is tested against a slow reference evaluator, and explains its
 //     verdicts ([Reason]).
+//   - [Explainer] answers `weft why` from the same objects and rule set:
+//     whether a packet passes, which policies isolate each end, the rule
+//     that allowed it or, for a denial, the nearest rule and what it lacked.
+//     The drop log gives the same text ([Explainer.ExplainDrop]).
 //   - [Applier] renders a RuleSet into weft's nftables table (inet weft)
 //     through netlink and applies it in one atomic batch.
 //

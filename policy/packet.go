@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -127,4 +128,53 @@ func LogPrefix(dir Direction, pod string) string {
 		p = p[:127]
 	}
 	return p
+}
+
+// ParseProto reads a protocol as weft prints it: a name (any, icmp, tcp,
+// udp, icmpv6, sctp; in any case), proto-N, or a number from 0 to 255.
+func ParseProto(s string) (Proto, error) {
+	low := strings.ToLower(s)
+	for p, n := range protoNames {
+		if n == low {
+			return p, nil
+		}
+	}
+	num := strings.TrimPrefix(low, "proto-")
+	if n, err := strconv.ParseUint(num, 10, 8); err == nil {
+		return Proto(n), nil
+	}
+	return 0, fmt.Errorf("protocol %q: say tcp, udp, sctp, icmp, icmpv6 or a number from 0 to 255", s)
+}
+
+// ParsePortProto reads the PORT/PROTO of `weft why`: "80/tcp", "53/udp",
+// "80" (TCP, the protocol NetworkPolicy defaults to), or a protocol
+// without ports ("icmp", "icmpv6", a number). TCP, UDP and SCTP need a
+// port from 1 to 65535; the others take none.
+func ParsePortProto(s string) (Proto, uint16, error) {
+	portText, protoText, slash := strings.Cut(s, "/")
+	if !slash {
+		if _, err := strconv.ParseUint(s, 10, 16); err == nil {
+			portText, protoText = s, "tcp"
+		} else {
+			portText, protoText = "", s
+		}
+	}
+	proto, err := ParseProto(protoText)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%q is not PORT/PROTO: %w", s, err)
+	}
+	if proto == ProtoAny {
+		return 0, 0, fmt.Errorf("%q is not PORT/PROTO: name one protocol, e.g. 80/tcp or icmp", s)
+	}
+	if !proto.HasPorts() {
+		if portText != "" {
+			return 0, 0, fmt.Errorf("%q is not PORT/PROTO: %s has no ports; say just %s", s, proto, proto)
+		}
+		return proto, 0, nil
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil || port == 0 {
+		return 0, 0, fmt.Errorf("%q is not PORT/PROTO: %s needs a port from 1 to 65535, e.g. 80/%s", s, proto, proto)
+	}
+	return proto, uint16(port), nil
 }

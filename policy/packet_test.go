@@ -30,7 +30,7 @@ func TestParsePacket(t *testing.T) {
 		{"tcp4", ipv4Packet(6, [4]byte{10, 0, 0, 1}, [4]byte{10, 0, 0, 2}, 0, ports...), "10.0.0.1 -> 10.0.0.2 tcp/80"},
 		{"udp4", ipv4Packet(17, [4]byte{10, 0, 0, 1}, [4]byte{10, 0, 0, 2}, 0, ports...), "10.0.0.1 -> 10.0.0.2 udp/80"},
 		{"sctp4", ipv4Packet(132, [4]byte{10, 0, 0, 1}, [4]byte{10, 0, 0, 2}, 0, ports...), "10.0.0.1 -> 10.0.0.2 sctp/80"},
-		{"icmp4", ipv4Packet(1, [4]byte{10, 0, 0, 1}, [4]byte{10, 0, 0, 2}, 0, 8, 0, 0, 0), "10.0.0.1 -> 10.0.0.2 proto-1/0"},
+		{"icmp4", ipv4Packet(1, [4]byte{10, 0, 0, 1}, [4]byte{10, 0, 0, 2}, 0, 8, 0, 0, 0), "10.0.0.1 -> 10.0.0.2 icmp/0"},
 		{"later fragment", ipv4Packet(6, [4]byte{10, 0, 0, 1}, [4]byte{10, 0, 0, 2}, 185, ports...), "10.0.0.1 -> 10.0.0.2 tcp/0"},
 		{"truncated tcp", ipv4Packet(6, [4]byte{10, 0, 0, 1}, [4]byte{10, 0, 0, 2}, 0, 1), "10.0.0.1 -> 10.0.0.2 tcp/0"},
 		{"tcp6", ipv6Packet(6, ports...), "fd00::1 -> fd00::2 tcp/80"},

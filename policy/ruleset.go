@@ -10,26 +10,39 @@ import (
 // Proto is an IP protocol number (IANA).
 type Proto uint8
 
-// The protocols NetworkPolicy names, and ProtoAny for rules without ports.
+// The protocols NetworkPolicy names, ProtoAny for rules without ports, and
+// the ICMPs (what ping sends), which no port rule matches.
 const (
-	ProtoAny  Proto = 0
-	ProtoTCP  Proto = 6
-	ProtoUDP  Proto = 17
-	ProtoSCTP Proto = 132
+	ProtoAny    Proto = 0
+	ProtoICMP   Proto = 1
+	ProtoTCP    Proto = 6
+	ProtoUDP    Proto = 17
+	ProtoICMPv6 Proto = 58
+	ProtoSCTP   Proto = 132
 )
 
+var protoNames = map[Proto]string{ProtoAny: "any", ProtoICMP: "icmp", ProtoTCP: "tcp", ProtoUDP: "udp",
+	ProtoICMPv6: "icmpv6", ProtoSCTP: "sctp"}
+
 func (p Proto) String() string {
-	switch p {
-	case ProtoAny:
-		return "any"
-	case ProtoTCP:
-		return "tcp"
-	case ProtoUDP:
-		return "udp"
-	case ProtoSCTP:
-		return "sctp"
+	if n, ok := protoNames[p]; ok {
+		return n
 	}
 	return fmt.Sprintf("proto-%d", uint8(p))
+}
+
+// HasPorts reports whether packets of the protocol carry ports that
+// NetworkPolicy rules match: TCP, UDP and SCTP.
+func (p Proto) HasPorts() bool { return p == ProtoTCP || p == ProtoUDP || p == ProtoSCTP }
+
+// MarshalText writes the name String gives.
+func (p Proto) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText reads what ParseProto reads.
+func (p *Proto) UnmarshalText(b []byte) error {
+	v, err := ParseProto(string(b))
+	*p = v
+	return err
 }
 
 // AddrRange is an inclusive range of addresses of one family.
@@ -209,6 +222,9 @@ const (
 	// Loopback: traffic from a pod to its own address never leaves the
 	// pod, so no policy applies.
 	Loopback
+	// NotAPod: the address is no pod's anywhere in the cluster (an
+	// outside address, a node), so no policy judges this direction.
+	NotAPod
 )
 
 // Decision is the verdict of one direction.
@@ -233,6 +249,8 @@ func (d Decision) describe(dir Direction) string {
 		return fmt.Sprintf("%s of pod %s allowed: traffic from this node", dir, d.Pod)
 	case Loopback:
 		return fmt.Sprintf("%s: pod %s talks to itself", dir, d.Pod)
+	case NotAPod:
+		return dir.String() + ": not a pod; no policy judges it"
 	}
 	return fmt.Sprintf("default deny: pod %s is selected for %s by %s and no rule matched",
 		d.Pod, dir, policyList(d.Policies))
