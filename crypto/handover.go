@@ -2,8 +2,17 @@ package crypto
 
 import (
 	"bufio"
+	"strconv"
 	"strings"
+	"time"
 )
+
+// handshakeGap is how long after a peer's last handshake a successor waits
+// before its own: a responder drops an initiation that comes within 20 ms
+// of the one before from the same peer ("handshake flood"), and one whose
+// timestamp (whitened to 2^24 ns) is not newer, and the initiator then
+// retries only after 5 s.
+const handshakeGap = 30 * time.Millisecond
 
 // handoverKeys are the UAPI keys of a device's "get" answer that a new
 // device is "set" with: the peers and how to reach them. The private key is
@@ -19,16 +28,27 @@ var handoverKeys = map[string]bool{
 }
 
 // handoverPeers turns a UAPI "get" answer into the "set" operations that
-// give a new device the same peers.
-func handoverPeers(get string) string {
+// give a new device the same peers, and returns the latest handshake of any
+// peer (zero if none).
+func handoverPeers(get string) (set string, lastHandshake time.Time) {
 	var b strings.Builder
+	var sec int64
 	sc := bufio.NewScanner(strings.NewReader(get))
 	for sc.Scan() {
-		k, _, ok := strings.Cut(sc.Text(), "=")
-		if ok && handoverKeys[k] {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		switch {
+		case !ok:
+		case handoverKeys[k]:
 			b.WriteString(sc.Text())
 			b.WriteByte('\n')
+		case k == "last_handshake_time_sec":
+			sec, _ = strconv.ParseInt(v, 10, 64)
+		case k == "last_handshake_time_nsec":
+			nsec, _ := strconv.ParseInt(v, 10, 64)
+			if t := time.Unix(sec, nsec); sec != 0 && t.After(lastHandshake) {
+				lastHandshake = t
+			}
 		}
 	}
-	return b.String()
+	return b.String(), lastHandshake
 }

@@ -38,7 +38,8 @@ func (t *Tunnel) Detach() (*Handover, error) {
 		f.Close()
 		return nil, err
 	}
-	return &Handover{Name: t.name, TUN: f, Peers: handoverPeers(get)}, nil
+	set, last := handoverPeers(get)
+	return &Handover{Name: t.name, TUN: f, Peers: set, LastHandshake: last}, nil
 }
 
 // dupFile duplicates f's descriptor (close-on-exec) into a new *os.File.

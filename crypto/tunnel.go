@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -42,7 +43,7 @@ var ErrNoKernelWireGuard = errors.New("WireGuard is not in this kernel")
 
 // ErrTUNBusy is returned (wrapped) by OpenTunnel in userspace mode when
 // another process holds the TUN device, such as a daemon still stopping.
-var ErrTUNBusy = errors.New("another process holds the TUN device")
+var ErrTUNBusy = errors.New("the TUN device is busy: another process holds it")
 
 // ErrNotUserspace is returned by Tunnel.Detach for a kernel device, which
 // needs no handover: it lives in the kernel, peers and sessions included.
@@ -107,6 +108,10 @@ type Handover struct {
 	// (public_key=, preshared_key=, endpoint=, persistent_keepalive_interval=,
 	// allowed_ip=); no private key, no counters.
 	Peers string
+	// LastHandshake is the latest handshake of any peer. The new device
+	// starts its own handshakes no sooner than handshakeGap after it, or
+	// the peer would take them for a flood and drop them.
+	LastHandshake time.Time
 }
 
 func (cfg *TunnelConfig) setDefaults() {

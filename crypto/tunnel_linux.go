@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -198,6 +199,8 @@ func openUserspace(cfg TunnelConfig, existed bool) (_ *Tunnel, err error) {
 		if err := u.dev.IpcSet(h.Peers); err != nil {
 			return nil, fmt.Errorf("restore the peers handed over on %s: %w", cfg.Name, err)
 		}
+		// Milliseconds at most, and only right after a handshake.
+		time.Sleep(time.Until(h.LastHandshake.Add(handshakeGap)))
 	}
 	if err := u.dev.Up(); err != nil {
 		return nil, fmt.Errorf("start WireGuard on %s: %w", cfg.Name, err)

@@ -31,6 +31,9 @@ type handoffState struct {
 	Iface string `json:"iface"`
 	// Peers of the device, in UAPI set syntax; empty in kernel mode.
 	Peers string `json:"peers,omitempty"`
+	// LastHandshake of any peer: the successor's first handshakes must
+	// not come too soon after it (crypto.Handover).
+	LastHandshake time.Time `json:"lastHandshake,omitzero"`
 }
 
 func (a *agent) handoffPath() string { return filepath.Join(a.cfg.RunDir, handoff.SocketName) }
@@ -63,7 +66,7 @@ func (a *agent) takeOver(ctx context.Context) *crypto.Handover {
 	}
 	delete(r.Files, "tun")
 	a.log.Info("took the data path over from the running daemon", "pid", r.PID, "iface", st.Iface, "took", time.Since(start).Round(time.Millisecond))
-	return &crypto.Handover{Name: st.Iface, TUN: f, Peers: st.Peers}
+	return &crypto.Handover{Name: st.Iface, TUN: f, Peers: st.Peers, LastHandshake: st.LastHandshake}
 }
 
 // openTunnel opens the tunnel on the handed-over TUN, or by name. A TUN
@@ -164,7 +167,7 @@ func (a *agent) handOver(s *handoff.Successor) bool {
 		return false
 	}
 	defer h.TUN.Close() // the successor holds its own copy
-	if err := s.Hand(handoffState{Iface: h.Name, Peers: h.Peers}, map[string]*os.File{"tun": h.TUN}, ackTimeout); err != nil {
+	if err := s.Hand(handoffState{Iface: h.Name, Peers: h.Peers, LastHandshake: h.LastHandshake}, map[string]*os.File{"tun": h.TUN}, ackTimeout); err != nil {
 		a.log.Warn("handover failed; the new daemon reattaches to the tunnel", "pid", s.PID, "err", err)
 		return false
 	}
