@@ -28,6 +28,18 @@
 // holds it). Descriptors in flight when the predecessor dies reach the
 // successor all the same: the kernel holds them with the frame.
 //
+// When this happens. A successor takes over whenever it starts while its
+// predecessor runs: a DaemonSet rolling with maxSurge (the new pod starts
+// beside the old one, which deploy/weft.yaml does), or `weft daemon`
+// started by hand. A DaemonSet rolling with maxUnavailable instead deletes
+// the old pod and starts the new one only once the old one is gone: no
+// process ever meets its successor, and the new daemon re-attaches to the
+// persistent TUN (as after kill -9), with pod traffic through the tunnel
+// paused for as long as the new pod takes to start. Waiting on SIGTERM
+// (--handoff-wait) helps only where the successor is started without
+// waiting for the old daemon to exit (`kill -TERM; weft daemon`); the
+// predecessor's data path keeps running while it waits.
+//
 // The package knows nothing of tunnels: the state is opaque bytes and the
 // files are named by the sender.
 package handoff
