@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -42,7 +43,19 @@ enforce NetworkPolicy. Every flag can also be set with WEFT_<FLAG> (upper case,
 			if err != nil {
 				return err
 			}
-			return daemon.Run(cmd.Context(), cfg, log)
+			err = daemon.Run(cmd.Context(), cfg, log)
+			if errors.Is(err, daemon.ErrHandedOver) {
+				if os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+					return nil
+				}
+				// In a container an exit is restarted by the kubelet, and
+				// the restarted daemon would take the data path back: idle
+				// until the pod is deleted.
+				log.Info("data path handed over; idling until this pod is stopped")
+				<-cmd.Context().Done()
+				return nil
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -69,6 +82,7 @@ enforce NetworkPolicy. Every flag can also be set with WEFT_<FLAG> (upper case,
 	f.BoolVar(&cfg.InstallCNI, "install-cni", false, "install the weft-cni plugin and 10-weft.conflist at start (the DaemonSet does)")
 	f.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "where --install-cni puts the plugin")
 	f.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "where --install-cni writes the network config")
+	f.DurationVar(&cfg.HandoffWait, "handoff-wait", 0, "when told to stop, wait this long for a new daemon to take the live tunnel over (a new daemon started while this one runs takes it over at once)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	annotateEnv(f)
 	return cmd

@@ -107,6 +107,26 @@ func runChild(cfgJSON string) int {
 				reply.Err = "the device did not stop"
 			}
 			out.Encode(reply)
+		case "handover":
+			// Detach and open again on the handed-over TUN in this
+			// process: what a successor does with the file it received.
+			reply := childReady{}
+			h, err := tun.Detach()
+			if err == nil {
+				var next *Tunnel
+				key, _ := wgtypes.ParseKey(cfg.PrivateKey)
+				next, err = OpenTunnel(TunnelConfig{Name: cfg.Name, Mode: cfg.Mode, PrivateKey: key, ListenPort: cfg.ListenPort, Logger: logger, Handover: h})
+				if err == nil {
+					tun = next
+				}
+			}
+			if err != nil {
+				reply.Err = err.Error()
+				out.Encode(reply)
+				return 1
+			}
+			reply.Mode, reply.Index = tun.Mode(), tun.LinkIndex()
+			out.Encode(reply)
 		case "configure":
 			var wcfg wgtypes.Config
 			err := json.Unmarshal([]byte(arg), &wcfg)
@@ -344,6 +364,20 @@ func (c *child) configure(cfg wgtypes.Config) {
 	if reply.Err != "" {
 		c.t.Fatalf("configure: %s", reply.Err)
 	}
+}
+
+// handover has the child detach its tunnel and open it again on the
+// handed-over TUN.
+func (c *child) handover() childReady {
+	c.t.Helper()
+	if _, err := io.WriteString(c.stdin, "handover\n"); err != nil {
+		c.t.Fatal(err)
+	}
+	var r childReady
+	if err := c.stdout.Decode(&r); err != nil {
+		c.t.Fatalf("handover: %v", err)
+	}
+	return r
 }
 
 // waitDone asks the child to wait for Tunnel.Done.

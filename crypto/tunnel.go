@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
+	"time"
 
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -38,6 +40,14 @@ const tunnelOverhead = 80
 // ErrNoKernelWireGuard is returned (wrapped) by OpenTunnel in kernel mode
 // when the kernel has no WireGuard.
 var ErrNoKernelWireGuard = errors.New("WireGuard is not in this kernel")
+
+// ErrTUNBusy is returned (wrapped) by OpenTunnel in userspace mode when
+// another process holds the TUN device, such as a daemon still stopping.
+var ErrTUNBusy = errors.New("the TUN device is busy: another process holds it")
+
+// ErrNotUserspace is returned by Tunnel.Detach for a kernel device, which
+// needs no handover: it lives in the kernel, peers and sessions included.
+var ErrNotUserspace = errors.New("the tunnel is kernel WireGuard; nothing to hand over")
 
 // AutoMTU returns the tunnel MTU for an underlay link MTU: room for WireGuard
 // over IPv6, the worst case.
@@ -79,6 +89,29 @@ type TunnelConfig struct {
 	// Logger receives the tunnel's own logs and, in userspace mode, those of
 	// wireguard-go (its verbose lines at Debug). Default slog.Default().
 	Logger *slog.Logger
+	// Handover, when set, is a live userspace tunnel another process passed
+	// to this one (Tunnel.Detach there): the device runs on its TUN file and
+	// starts with its peers, instead of reattaching by name. OpenTunnel owns
+	// the file from then on, on success and on failure.
+	Handover *Handover
+}
+
+// Handover is a userspace tunnel in transit from one process to the next
+// (see Tunnel.Detach): the TUN file, open all along so that the kernel
+// queues the pods' packets instead of dropping them, and the device's peers.
+type Handover struct {
+	// Name of the interface the TUN file is attached to.
+	Name string
+	// TUN is the open TUN queue.
+	TUN *os.File
+	// Peers is the device's peers in wireguard-go's UAPI "set" syntax
+	// (public_key=, preshared_key=, endpoint=, persistent_keepalive_interval=,
+	// allowed_ip=); no private key, no counters.
+	Peers string
+	// LastHandshake is the latest handshake of any peer. The new device
+	// starts its own handshakes no sooner than handshakeGap after it, or
+	// the peer would take them for a flood and drop them.
+	LastHandshake time.Time
 }
 
 func (cfg *TunnelConfig) setDefaults() {
@@ -107,6 +140,7 @@ type Tunnel struct {
 
 	// Userspace mode only.
 	dev      *device.Device
+	tunFile  *os.File // the TUN queue wireguard-go reads; closed by dev.Close
 	uapi     net.Listener
 	serving  sync.WaitGroup // the UAPI accept loop and its handlers
 	connsMu  sync.Mutex     // guards conns and closing

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -37,8 +38,15 @@ const uapiSocketDir = "/var/run/wireguard"
 //
 // UDP sockets are opened in the network namespace of the calling thread (and,
 // for later rebinds, of the process): run the daemon inside its namespace.
-func OpenTunnel(cfg TunnelConfig) (*Tunnel, error) {
+func OpenTunnel(cfg TunnelConfig) (_ *Tunnel, err error) {
 	cfg.setDefaults()
+	if h := cfg.Handover; h != nil {
+		defer func() {
+			if err != nil {
+				h.TUN.Close() // a no-op when the device closed it already
+			}
+		}()
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -136,12 +144,9 @@ func openUserspace(cfg TunnelConfig, existed bool) (_ *Tunnel, err error) {
 	// TUNSETIFF on the name of an existing TUN attaches to it, and sets the
 	// flags CreateTUN asks for (IFF_VNET_HDR included) anew, so offloads are
 	// the same for a created and for a reattached device.
-	tunDev, err := tun.CreateTUN(cfg.Name, cfg.MTU)
-	if errors.Is(err, unix.EBUSY) {
-		return nil, fmt.Errorf("create TUN %s: %w; another process holds it: is another weft daemon or wireguard-go running?", cfg.Name, err)
-	}
+	tunDev, err := openTUN(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("create TUN %s: %w", cfg.Name, err)
+		return nil, err
 	}
 	defer func() {
 		if err != nil && !existed {
@@ -161,7 +166,7 @@ func openUserspace(cfg TunnelConfig, existed bool) (_ *Tunnel, err error) {
 		cfg.Logger.Warn("TUN segmentation offloads are not available; userspace WireGuard will be slower", "iface", cfg.Name)
 	}
 
-	u := &Tunnel{name: cfg.Name, mode: ModeUserspace}
+	u := &Tunnel{name: cfg.Name, mode: ModeUserspace, tunFile: tunDev.(interface{ File() *os.File }).File()}
 	u.dev = device.NewDevice(tunDev, conn.NewDefaultBind(), deviceLogger(cfg.Logger))
 	defer func() {
 		if err != nil {
@@ -188,11 +193,43 @@ func openUserspace(cfg TunnelConfig, existed bool) (_ *Tunnel, err error) {
 	if err := u.setUp(cfg); err != nil {
 		return nil, err
 	}
+	if h := cfg.Handover; h != nil && h.Peers != "" {
+		// Peers before Up: Up sends every peer with a keepalive a
+		// handshake at once, so new sessions are one round trip away.
+		if err := u.dev.IpcSet(h.Peers); err != nil {
+			return nil, fmt.Errorf("restore the peers handed over on %s: %w", cfg.Name, err)
+		}
+		// Milliseconds at most, and only right after a handshake.
+		time.Sleep(time.Until(h.LastHandshake.Add(handshakeGap)))
+	}
 	if err := u.dev.Up(); err != nil {
 		return nil, fmt.Errorf("start WireGuard on %s: %w", cfg.Name, err)
 	}
-	cfg.Logger.Info("userspace WireGuard running", "iface", cfg.Name, "offloads", offloads, "reattached", existed)
+	cfg.Logger.Info("userspace WireGuard running", "iface", cfg.Name, "offloads", offloads, "reattached", existed, "handed-over", cfg.Handover != nil)
 	return u, nil
+}
+
+// openTUN attaches to the TUN cfg.Name: the handed-over file when there is
+// one, else by name (creating the device if needed).
+func openTUN(cfg TunnelConfig) (tun.Device, error) {
+	if h := cfg.Handover; h != nil {
+		if h.Name != cfg.Name {
+			return nil, fmt.Errorf("the TUN handed over is %s, not %s; give the new daemon the same --iface", h.Name, cfg.Name)
+		}
+		dev, err := tun.CreateTUNFromFile(h.TUN, cfg.MTU)
+		if err != nil {
+			return nil, fmt.Errorf("run on the TUN %s handed over: %w", cfg.Name, err)
+		}
+		return dev, nil
+	}
+	dev, err := tun.CreateTUN(cfg.Name, cfg.MTU)
+	if errors.Is(err, unix.EBUSY) {
+		return nil, fmt.Errorf("create TUN %s: %w (%v); is another weft daemon or wireguard-go running?", cfg.Name, ErrTUNBusy, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create TUN %s: %w", cfg.Name, err)
+	}
+	return dev, nil
 }
 
 // setUp sets the key, port and MTU and brings the link up; both modes.

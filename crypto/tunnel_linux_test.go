@@ -280,6 +280,24 @@ func TestTunnelTCPSurvivesADaemonRestart(t *testing.T) {
 		}
 	}
 
+	roundTrip := tcpThrough(t, nsA, nsB)
+	roundTrip("before the crash\n")
+
+	a.kill()
+	// The restarted daemon reattaches to the TUN and restores its peer,
+	// as the daemon does from its state.
+	cfgA.Mode, cfgA.Addr = ModeAuto, ""
+	restarted := startChild(t, nsA, cfgA)
+	if restarted.ready.Err != "" {
+		t.Fatalf("restart: %s", restarted.ready.Err)
+	}
+	roundTrip("after the restart\n")
+}
+
+// tcpThrough connects from nsA to 10.231.0.2:7000 in nsB through the pair's
+// tunnel and returns a function that sends msg and checks it arrives.
+func tcpThrough(t *testing.T, nsA, nsB ns.NetNS) func(msg string) {
+	t.Helper()
 	// Sockets stay in the namespace they were made in.
 	var ln net.Listener
 	if err := nsB.Do(func(ns.NetNS) error {
@@ -289,7 +307,7 @@ func TestTunnelTCPSurvivesADaemonRestart(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	accepted := make(chan net.Conn, 1)
 	go func() {
 		c, err := ln.Accept()
@@ -308,14 +326,14 @@ func TestTunnelTCPSurvivesADaemonRestart(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("connect through the tunnel: %v", err)
 	}
-	defer client.Close()
+	t.Cleanup(func() { client.Close() })
 	server, ok := <-accepted
 	if !ok {
 		t.Fatal("accept failed")
 	}
-	defer server.Close()
+	t.Cleanup(func() { server.Close() })
 
-	roundTrip := func(msg string) {
+	return func(msg string) {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
 		client.SetDeadline(deadline)
@@ -328,17 +346,49 @@ func TestTunnelTCPSurvivesADaemonRestart(t *testing.T) {
 			t.Fatalf("receive %q: got %q, %v", msg, buf, err)
 		}
 	}
-	roundTrip("before the crash\n")
+}
 
-	a.kill()
-	// The restarted daemon reattaches to the TUN and restores its peer,
-	// as the daemon does from its state.
-	cfgA.Mode, cfgA.Addr = ModeAuto, ""
-	restarted := startChild(t, nsA, cfgA)
-	if restarted.ready.Err != "" {
-		t.Fatalf("restart: %s", restarted.ready.Err)
+// TestTunnelHandover: a tunnel detached and opened again on the handed-over
+// TUN (what a successor daemon does with the file it received) keeps its
+// interface, key and peers, and a TCP connection through it goes on.
+func TestTunnelHandover(t *testing.T) {
+	needRoot(t)
+	nsA, nsB := newNS(t), newNS(t)
+	underlay(t, nsA, nsB, "192.168.231.1/24", "192.168.231.2/24")
+	cfgA, cfgB := pairConfigs(t, testSecret().PresharedKey())
+	t.Cleanup(func() { nsA.Do(func(ns.NetNS) error { return DestroyTunnel(cfgA.Name) }) })
+	a := startChild(t, nsA, cfgA)
+	b := startChild(t, nsB, cfgB)
+	for _, c := range []*child{a, b} {
+		if c.ready.Err != "" {
+			t.Fatalf("open tunnel: %s", c.ready.Err)
+		}
 	}
-	roundTrip("after the restart\n")
+	roundTrip := tcpThrough(t, nsA, nsB)
+	roundTrip("before the handover\n")
+	before := a.device()
+
+	got := a.handover()
+	if got.Err != "" {
+		t.Fatalf("handover: %s", got.Err)
+	}
+	if got.Mode != ModeUserspace || got.Index != a.ready.Index {
+		t.Errorf("after the handover: %s index %d, want userspace index %d", got.Mode, got.Index, a.ready.Index)
+	}
+	after := a.device()
+	if after.PublicKey != before.PublicKey || after.ListenPort != before.ListenPort || len(after.Peers) != 1 {
+		t.Fatalf("after the handover: key %s port %d %d peers, want %s %d 1", after.PublicKey, after.ListenPort, len(after.Peers), before.PublicKey, before.ListenPort)
+	}
+	p, q := after.Peers[0], before.Peers[0]
+	if p.PublicKey != q.PublicKey || p.PresharedKey != q.PresharedKey || p.Endpoint.String() != q.Endpoint.String() ||
+		len(p.AllowedIPs) != 1 || p.AllowedIPs[0].String() != q.AllowedIPs[0].String() {
+		t.Errorf("peer after the handover %+v, want %+v", p, q)
+	}
+	start := time.Now()
+	roundTrip("after the handover\n")
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the connection answered %v after the handover", d)
+	}
 }
 
 func TestTunnelDoneWhenTheInterfaceIsDeleted(t *testing.T) {

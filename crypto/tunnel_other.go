@@ -11,3 +11,6 @@ func OpenTunnel(cfg TunnelConfig) (*Tunnel, error) { return nil, errNotLinux }
 
 // DestroyTunnel is only supported on Linux.
 func DestroyTunnel(name string) error { return errNotLinux }
+
+// Detach is only supported on Linux.
+func (t *Tunnel) Detach() (*Handover, error) { return nil, errNotLinux }

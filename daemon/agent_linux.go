@@ -20,6 +20,7 @@ import (
 
 	"github.com/weftnet/weft/cniplugin/install"
 	"github.com/weftnet/weft/crypto"
+	"github.com/weftnet/weft/daemon/handoff"
 	"github.com/weftnet/weft/ipalloc"
 	"github.com/weftnet/weft/kube"
 	"github.com/weftnet/weft/mesh"
@@ -54,6 +55,13 @@ type agent struct {
 	pmtu     *pmtuProber // path MTU of every peer
 	metrics  *metrics
 
+	// The handoff socket: successors that ask for the data path arrive on
+	// successors (one at most is kept); successor is the one Run chose.
+	handoffLn  *handoff.Listener
+	handoffWG  sync.WaitGroup // the accept loop
+	successors chan *handoff.Successor
+	successor  *handoff.Successor
+
 	mu         sync.Mutex
 	tunnelAddr netip.Addr
 	ready      bool
@@ -62,7 +70,8 @@ type agent struct {
 	peers      map[string]*knownPeer // by name; owned by the reconcile loop, read under mu
 	unreach    string                // the peers this node cannot reach directly, as published
 
-	savedMembers []string // gossip addresses last written to known-peers.json; reconcile loop only
+	savedMembers []string    // gossip addresses last written to known-peers.json; reconcile loop only
+	savedPeers   []savedPeer // what peers.json last got; reconcile loop only
 
 	kube          kubernetes.Interface // nil without Kubernetes
 	nodes         *kube.Nodes
@@ -97,7 +106,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	a := &agent{cfg: cfg, log: log, kick: make(chan struct{}, 1), peers: map[string]*knownPeer{}, metrics: newMetrics()}
+	a := &agent{cfg: cfg, log: log, kick: make(chan struct{}, 1), peers: map[string]*knownPeer{}, metrics: newMetrics(),
+		successors: make(chan *handoff.Successor, 1)}
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
@@ -107,7 +118,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		a.teardown()
 		return err
 	}
-	defer a.teardown()
+	// Only now: a successor must find the socket of a daemon that is
+	// running, never this one's while it takes over itself.
+	a.listenHandoff()
+	g.Go(func() error {
+		select {
+		case <-gctx.Done():
+			return nil
+		case s := <-a.successors:
+			a.log.Info("a new daemon asks for the data path; stopping to hand it over", "pid", s.PID)
+			a.successor = s
+			return errHandingOver
+		}
+	})
 	g.Go(func() error { return a.mesh.Run(gctx) })
 	g.Go(func() error { return a.alloc.Run(gctx) })
 	g.Go(func() error {
@@ -132,8 +155,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	})
 	err := g.Wait()
-	if errors.Is(err, context.Canceled) {
+	if errors.Is(err, errHandingOver) || errors.Is(err, context.Canceled) {
 		err = nil
+	}
+	if a.successor == nil {
+		a.successor = a.awaitSuccessor(err == nil && parent.Err() != nil)
+	}
+	if a.teardown() {
+		return ErrHandedOver
 	}
 	return err
 }
@@ -189,10 +218,9 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	if a.nl, err = netlink.NewHandle(); err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
-	a.tun, err = crypto.OpenTunnel(crypto.TunnelConfig{
-		Name: cfg.Iface, Mode: cfg.WGMode, PrivateKey: a.key, ListenPort: cfg.WGPort, MTU: a.mtu, Logger: a.log,
-	})
-	if err != nil {
+	// A daemon still running here hands its live tunnel over: it stops its
+	// gossip, API and state first, so that this one can open its own.
+	if err := a.openTunnel(ctx, a.takeOver(ctx)); err != nil {
 		return err
 	}
 	seed, err := parseIPAllocInit(cfg.IPAllocInit)
@@ -234,6 +262,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	if a.mesh, err = mesh.New(mcfg); err != nil {
 		return err
 	}
+	a.restorePeers(time.Now())
 	bridge.m = a.mesh
 	if cfg.InstallCNI {
 		res, err := install.Install(context.Background(), install.Config{
@@ -249,22 +278,28 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	return nil
 }
 
-// teardown releases what setup opened. The tunnel device, its routes and
-// rules stay: the data path outlives the daemon.
-func (a *agent) teardown() {
+// teardown releases what setup opened, and reports whether a successor
+// took the tunnel. The tunnel device, its routes and rules stay: the data
+// path outlives the daemon. With a successor, the state is closed before
+// the tunnel is handed over, so that the successor may open it.
+func (a *agent) teardown() (handedOver bool) {
 	if a.alloc != nil {
 		if err := a.alloc.Close(); err != nil {
 			a.log.Warn("close allocator state", "err", err)
 		}
 	}
 	if a.tun != nil {
-		if err := a.tun.Close(); err != nil {
+		if a.successor != nil {
+			handedOver = a.handOver(a.successor)
+		} else if err := a.tun.Close(); err != nil {
 			a.log.Warn("close tunnel", "err", err)
 		}
 	}
+	a.closeHandoff()
 	if a.nl != nil {
 		a.nl.Close()
 	}
+	return handedOver
 }
 
 func (a *agent) meta(tunnelAddr netip.Addr, unreachable string) mesh.Meta {

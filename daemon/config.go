@@ -4,6 +4,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -40,7 +41,19 @@ type Config struct {
 	// to and from a peer whose measured path MTU is below the tunnel's.
 	// Off, path MTUs are still measured and shown, nothing is clamped.
 	MSSClamp bool
+	// HandoffWait (--handoff-wait, default 0) is how long a daemon told to
+	// stop waits for a new daemon to take its data path over before it
+	// exits without one. A new daemon started while the old one runs takes
+	// over at once whatever this is; see the daemon/handoff package.
+	HandoffWait time.Duration
 }
+
+// ErrHandedOver is what Run returns when the daemon stopped because a
+// successor took its data path over. The caller decides whether to exit (a
+// plain process) or to idle until it is told to stop (a container, which
+// the kubelet would restart, and whose restart would take the data path
+// back).
+var ErrHandedOver = errors.New("the data path was handed over to a new daemon")
 
 // Defaults of the documented flags.
 const (

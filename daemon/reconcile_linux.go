@@ -206,6 +206,7 @@ func (a *agent) view() (meshView, netip.Addr) {
 // reconcile is one pass: tunnel link, peers, routes, masquerade.
 func (a *agent) reconcile(mem endpointMemory) error {
 	a.refreshPeers(time.Now())
+	a.rememberPeers()
 	_, self := a.view()
 	var errs []error
 	link, err := a.nl.LinkByName(a.tun.Name())

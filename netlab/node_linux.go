@@ -115,10 +115,27 @@ func (n *Node) StartDaemon(extra ...string) error {
 	return n.startDaemon(n.DaemonArgs(extra...))
 }
 
-func (n *Node) startDaemon(args []string) error {
+// StartSuccessor starts a new daemon with the arguments of the last one
+// while that one may still run, as an upgrade does: the new daemon takes
+// the running one's data path over (the daemon/handoff package) and the
+// old one exits by itself. Daemon() is the new one from then on; the old
+// one's process is returned, to wait for.
+func (n *Node) StartSuccessor() (old *Process, err error) {
+	n.mu.Lock()
+	args, old := n.daemonArgs, n.daemon
+	n.mu.Unlock()
+	if args == nil {
+		return nil, fmt.Errorf("the daemon of %s was never started", n.Name)
+	}
+	return old, n.start(args, true)
+}
+
+func (n *Node) startDaemon(args []string) error { return n.start(args, false) }
+
+func (n *Node) start(args []string, successor bool) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.daemon != nil && n.daemon.Running() {
+	if !successor && n.daemon != nil && n.daemon.Running() {
 		return fmt.Errorf("the daemon of %s is already running (pid %d)", n.Name, n.daemon.PID())
 	}
 	logf, err := os.OpenFile(n.LogFile(), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
