@@ -232,3 +232,36 @@ func TestPeerEndpoint(t *testing.T) {
 		})
 	}
 }
+
+func TestProbeMessages(t *testing.T) {
+	for _, m := range []probeMsg{
+		{typ: probeRequest, nonce: 0x0102030405060708},
+		{typ: probeAnswer, nonce: 7, endpoint: "172.30.0.201:10001"},
+		{typ: probeAnswer, nonce: 8},
+	} {
+		got, ok := parseProbe(encodeProbe(m.typ, m.nonce, m.endpoint))
+		if !ok || got != m {
+			t.Errorf("round trip of %+v: %+v, %v", m, got, ok)
+		}
+	}
+	for _, b := range [][]byte{nil, []byte("WP"), []byte("XP\x01aaaaaaaa"), []byte("WP\x09aaaaaaaa"), []byte("WP\x01aaaaaaaaextra")} {
+		if m, ok := parseProbe(b); ok {
+			t.Errorf("parseProbe(%q) = %+v, want refused", b, m)
+		}
+	}
+}
+
+func FuzzParseProbe(f *testing.F) {
+	f.Add(encodeProbe(probeAnswer, 1, "1.2.3.4:5"))
+	f.Add(encodeProbe(probeRequest, 2, ""))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, ok := parseProbe(b)
+		if !ok {
+			return
+		}
+		back, ok := parseProbe(encodeProbe(m.typ, m.nonce, m.endpoint))
+		if !ok || back != m {
+			t.Errorf("%q parsed to %+v, which does not round-trip", b, m)
+		}
+	})
+}
