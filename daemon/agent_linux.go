@@ -130,6 +130,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return a.reconcileLoop(gctx) })
 	g.Go(func() error { return a.pmtu.Run(gctx) })
 	g.Go(func() error { return a.probes.Run(gctx) })
+	g.Go(func() error { return a.keepNATMembership(gctx) })
 	if a.kube != nil {
 		a.runKube(gctx, g)
 	}

@@ -1,8 +1,10 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -141,4 +143,43 @@ func (a *agent) syncProbes(v meshView, devPeers []wgtypes.Peer, self netip.Addr)
 		}
 	}
 	a.probes.Set(self, targets, seen)
+}
+
+// natSync is how often a node behind NAT pushes and pulls the membership
+// with a node that is not: well within the time a suspected node has to
+// refute (about 4 s).
+const natSync = 2 * time.Second
+
+// keepNATMembership keeps a node behind NAT a member. Nodes outside its site
+// cannot send to it, so their gossip probes of it fail and they suspect it;
+// gossip telling it so cannot reach it either. So, while its peers' answers
+// say it is behind NAT, it pushes and pulls the membership with a random
+// peer not behind NAT every natSync, learns of the suspicion and refutes it
+// before it is declared dead.
+func (a *agent) keepNATMembership(ctx context.Context) error {
+	t := time.NewTicker(natSync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		a.mu.Lock()
+		natted := a.natKind == natCone || a.natKind == natSymmetric
+		var open []string
+		for name, kp := range a.peers {
+			if kp.Alive && kp.NATKind == natNone {
+				open = append(open, name)
+			}
+		}
+		a.mu.Unlock()
+		if !natted || len(open) == 0 {
+			continue
+		}
+		peer := open[rand.IntN(len(open))]
+		if err := a.mesh.SyncWith(peer); err != nil {
+			a.log.Debug("membership sync from behind NAT failed", "peer", peer, "err", err)
+		}
+	}
 }
