@@ -26,11 +26,6 @@ import (
 	"github.com/weftnet/weft/policy"
 )
 
-// keepalive is the PersistentKeepalive every peer gets: it keeps NAT
-// mappings open for peers behind NAT and gives every tunnel a fresh
-// handshake to judge the direct path by.
-const keepalive = 25 * time.Second
-
 // podGateway is the link-local next hop every pod routes through; the host
 // end of the pod's veth answers ARP for it (proxy ARP).
 var podGateway = netip.MustParseAddr("169.254.1.1")

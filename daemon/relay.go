@@ -21,6 +21,10 @@ import (
 // trying a handshake on the direct path and notices when it works again.
 
 const (
+	// keepalive is the PersistentKeepalive every peer gets: it keeps NAT
+	// mappings open for peers behind NAT and gives every tunnel a fresh
+	// handshake to judge the direct path by.
+	keepalive = 25 * time.Second
 	// directStale is how long a direct path may carry nothing before it is
 	// judged broken: more than one keepalive interval plus a handshake.
 	directStale = keepalive + 15*time.Second
