@@ -116,15 +116,15 @@ func (p *pathProber) Run(ctx context.Context) error {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		now := time.Now()
 		select {
 		case <-ctx.Done():
 			return nil
 		case m := <-msgs:
-			p.handle(sock, m, sent, lives, addrs, now)
+			p.handle(sock, m, sent, lives, addrs)
 		case <-p.wake:
 		case <-tick.C:
 		}
+		now := time.Now()
 		p.mu.Lock()
 		self, targets := p.self, maps.Clone(p.targets)
 		p.mu.Unlock()
@@ -161,8 +161,9 @@ func (p *pathProber) Run(ctx context.Context) error {
 				var nb [8]byte
 				rand.Read(nb[:])
 				nonce := binary.BigEndian.Uint64(nb[:])
-				sent[nonce], sentAt[nonce] = name, now
-				l.sent(nonce, now)
+				at := time.Now()
+				sent[nonce], sentAt[nonce] = name, at
+				l.sent(nonce, at)
 				if err := sock.send(addrs[name], probeRequest, nonce, ""); err != nil {
 					p.log.Debug("probe not sent", "peer", name, "err", err)
 				}
@@ -179,7 +180,7 @@ func (p *pathProber) Run(ctx context.Context) error {
 }
 
 // handle answers a probe or records an answer.
-func (p *pathProber) handle(sock *probeSocket, m probeMsg, sent map[uint64]string, lives map[string]*liveness, addrs map[string]netip.Addr, now time.Time) {
+func (p *pathProber) handle(sock *probeSocket, m probeMsg, sent map[uint64]string, lives map[string]*liveness, addrs map[string]netip.Addr) {
 	switch m.typ {
 	case probeRequest:
 		p.mu.Lock()
@@ -196,7 +197,7 @@ func (p *pathProber) handle(sock *probeSocket, m probeMsg, sent map[uint64]strin
 			return
 		}
 		delete(sent, m.nonce)
-		lives[name].answer(m.nonce, now)
+		lives[name].answer(m.nonce, m.at)
 		if ap, err := netip.ParseAddrPort(m.endpoint); err == nil {
 			p.mu.Lock()
 			p.observed[name] = ap
@@ -258,6 +259,7 @@ func bindProbes(addr netip.Addr, out chan<- probeMsg) (*probeSocket, error) {
 				continue
 			}
 			m.from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+			m.at = time.Now() // the RTT ends here, not when the loop gets to it
 			select {
 			case out <- m:
 			default: // the loop is busy: a lost probe

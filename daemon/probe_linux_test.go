@@ -70,8 +70,11 @@ func TestPathProberInNetns(t *testing.T) {
 	}
 	waitState(pa, "b", pathUp, 5*time.Second)
 	waitState(pb, "a", pathUp, 5*time.Second)
-	if r := pa.Results()["b"]; r.RTT <= 0 || r.Loss != 0 {
-		t.Errorf("healthy path: RTT %v, loss %v; want an RTT and no loss", r.RTT, r.Loss)
+	// On loopback the RTT is well under a millisecond; 20 ms leaves room
+	// for a busy machine, not for the loop's 50 ms tick. (The probes sent
+	// before the other side bound its socket were lost.)
+	if r := pa.Results()["b"]; r.RTT <= 0 || r.RTT > 20*time.Millisecond {
+		t.Errorf("healthy path: RTT %v, want one under 20ms", r.RTT)
 	}
 	if got := pa.Observed()["b"]; got != netip.MustParseAddrPort("192.0.2.1:10002") {
 		t.Errorf("b tells a it is seen at %v, want 192.0.2.1:10002", got)

@@ -3,6 +3,7 @@ package daemon
 import (
 	"encoding/binary"
 	"net/netip"
+	"time"
 )
 
 // Probe messages: magic, type, 8-byte nonce; an answer adds the endpoint
@@ -21,6 +22,7 @@ type probeMsg struct {
 	typ      byte
 	nonce    uint64
 	endpoint string
+	at       time.Time // when it was read
 }
 
 // encodeProbe is the wire form of a probe message: "WP", its type, the
