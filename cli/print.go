@@ -62,12 +62,31 @@ func printPeers(w io.Writer, st daemon.PeersStatus) error {
 	fmt.Fprintf(w, "node %s  %s  tunnel %s (%s, %s, mtu %d)  endpoint %s  key %s…\n",
 		st.Node, ready, orDash(st.TunnelAddr), st.Interface, st.WGMode, st.MTU, st.Endpoint, short(st.PublicKey))
 	fmt.Fprintf(w, "mesh: %d other members, health score %d (0 is best)\n", st.Members, st.Health)
+	nat := st.NATKind
+	if nat == "" {
+		nat = "unknown yet"
+	}
+	if st.Reflexive != "" {
+		nat += ", public endpoint " + st.Reflexive
+	}
+	fmt.Fprintf(w, "NAT: %s  direct: %d of %d live peers (%.0f%%)\n", nat, st.DirectPeers, st.LivePeers, 100*st.DirectShare)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tSTATE\tPATH\tENDPOINT\tTUNNEL\tPMTU\tHANDSHAKE\tRX\tTX\tALLOWED IPS")
+	fmt.Fprintln(tw, "PEER\tSTATE\tPATH\tSINCE\tRTT\tLOSS\tNAT\tENDPOINT\tTUNNEL\tPMTU\tHANDSHAKE\tRX\tTX\tALLOWED IPS")
 	for _, p := range st.Peers {
 		path := p.Path
 		if p.Via != "" {
 			path += " via " + p.Via
+		}
+		since := "-"
+		if t, err := time.Parse(time.RFC3339Nano, p.PathSince); err == nil {
+			since = time.Since(t).Round(time.Second).String()
+		}
+		rtt, loss := "-", "-"
+		if p.RTT > 0 {
+			rtt = time.Duration(p.RTT * float64(time.Second)).Round(10 * time.Microsecond).String()
+		}
+		if p.DirectPath != "" {
+			loss = fmt.Sprintf("%.0f%%", 100*p.ProbeLoss)
 		}
 		hs := "never"
 		if p.LastHandshake != "" {
@@ -77,7 +96,8 @@ func printPeers(w io.Writer, st daemon.PeersStatus) error {
 		if p.PMTU > 0 {
 			pmtu = strconv.Itoa(p.PMTU)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(p.Name), p.State, path, orDash(p.Endpoint),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(p.Name), p.State, path, since, rtt, loss,
+			orDash(p.NATKind), orDash(p.Endpoint),
 			orDash(p.TunnelAddr), pmtu, hs, bytesHuman(p.RxBytes), bytesHuman(p.TxBytes), strings.Join(p.AllowedIPs, ","))
 	}
 	if err := tw.Flush(); err != nil {

@@ -27,11 +27,6 @@ import (
 	"github.com/weftnet/weft/policy"
 )
 
-// keepalive is the PersistentKeepalive every peer gets: it keeps NAT
-// mappings open for peers behind NAT and gives every tunnel a fresh
-// handshake to judge the direct path by.
-const keepalive = 25 * time.Second
-
 // podGateway is the link-local next hop every pod routes through; the host
 // end of the pod's veth answers ARP for it (proxy ARP).
 var podGateway = netip.MustParseAddr("169.254.1.1")
@@ -53,6 +48,7 @@ type agent struct {
 	nl       *netlink.Handle
 	kick     chan struct{}
 	pmtu     *pmtuProber // path MTU of every peer
+	probes   *pathProber // liveness of every direct path
 	metrics  *metrics
 
 	// The handoff socket: successors that ask for the data path arrive on
@@ -64,6 +60,9 @@ type agent struct {
 
 	mu         sync.Mutex
 	tunnelAddr netip.Addr
+	probeAddr  netip.Addr     // where peers probe this node's direct paths
+	natKind    string         // what peers' answers tell of this node's NAT
+	reflexive  netip.AddrPort // this node's public endpoint behind a cone NAT
 	ready      bool
 	notReady   string
 	lastErr    string
@@ -91,6 +90,12 @@ type knownPeer struct {
 	Endpoint    string
 	Unreachable []string // the peers it reports it cannot reach directly
 	probe       pathProbe
+	// ProbeAnnounced is the probe address the peer gossips (peer.ProbeAddr
+	// once vetted); NATKind and Reflexive what it tells of its NAT.
+	ProbeAnnounced netip.Addr
+	NATKind        string
+	Reflexive      netip.AddrPort
+	pathSince      time.Time // when the path (direct or relayed via whom) last changed
 	// Announced is the tunnel address the peer gossips; peer.TunnelAddr
 	// holds it only once vetPeer accepted it. Refused says why not;
 	// KeyRefused: the whole peer is refused (its key is not its Node's).
@@ -143,6 +148,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return a.sweepLoop(gctx) })
 	g.Go(func() error { return a.reconcileLoop(gctx) })
 	g.Go(func() error { return a.pmtu.Run(gctx) })
+	g.Go(func() error { return a.probes.Run(gctx) })
+	g.Go(func() error { return a.keepNATMembership(gctx) })
 	if a.kube != nil {
 		a.runKube(gctx, g)
 	}
@@ -207,6 +214,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 		a.mtu = crypto.AutoMTU(u.MTU)
 	}
 	a.pmtu = newPMTUProber(defaultPMTUConfig(a.mtu), a.log.With("part", "pmtu"), a.trigger)
+	a.probes = newPathProber(defaultLivenessConfig(), a.log.With("part", "probe"), a.trigger)
 	for _, s := range nodeSysctls {
 		if err := setSysctl(s[0], s[1]); err != nil {
 			return err
@@ -256,7 +264,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	// tried too, so a restarted first node finds the others at once.
 	mcfg.Seeds = append(slices.Clone(cfg.Peers), kubeSeeds...)
 	mcfg.Seeds = append(mcfg.Seeds, loadKnownPeers(cfg.StateDir)...)
-	mcfg.Meta = a.meta(netip.Addr{}, "")
+	mcfg.Meta = a.meta()
 	mcfg.Logger = a.log.With("part", "mesh")
 	mcfg.Delegate = allocDelegate{a.alloc, a.log}
 	if a.mesh, err = mesh.New(mcfg); err != nil {
@@ -302,15 +310,24 @@ func (a *agent) teardown() (handedOver bool) {
 	return handedOver
 }
 
-func (a *agent) meta(tunnelAddr netip.Addr, unreachable string) mesh.Meta {
-	return mesh.Meta{
+// meta is this node's gossip metadata from what it knows now.
+func (a *agent) meta() mesh.Meta {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m := mesh.Meta{
 		Proto:       mesh.ProtoVersion,
 		Name:        a.cfg.NodeName,
 		PublicKey:   a.key.PublicKey(),
 		Endpoint:    a.endpoint,
-		TunnelAddr:  tunnelAddr,
-		Unreachable: unreachable,
+		TunnelAddr:  a.tunnelAddr,
+		Unreachable: a.unreach,
+		ProbeAddr:   a.probeAddr,
+		NATKind:     a.natKind,
 	}
+	if a.reflexive.IsValid() {
+		m.Reflexive = a.reflexive.String()
+	}
+	return m
 }
 
 // parseIPAllocInit reads --ipalloc-init: "seed=NODE1,NODE2,..." or empty.
@@ -339,22 +356,34 @@ func (a *agent) nodeKey() ipalloc.Key {
 	return ipalloc.Key{ContainerID: "weft-node:" + a.cfg.NodeName, IfName: a.cfg.Iface}
 }
 
-// claimTunnelAddr allocates this node's address on the overlay (retrying
-// until the allocator has space), puts it on the tunnel device and tells the
-// mesh.
+// probeKey is the allocation of this node's probe address.
+func (a *agent) probeKey() ipalloc.Key {
+	return ipalloc.Key{ContainerID: "weft-probe:" + a.cfg.NodeName, IfName: a.cfg.Iface}
+}
+
+// ownKey reports whether k is an allocation of the node itself (tunnel or
+// probe address), which no pod's release or GC may free.
+func (a *agent) ownKey(k ipalloc.Key) bool { return k == a.nodeKey() || k == a.probeKey() }
+
+// claimTunnelAddr allocates this node's address on the overlay and its
+// probe address (retrying until the allocator has space), puts them on the
+// tunnel device and tells the mesh.
 func (a *agent) claimTunnelAddr(ctx context.Context) error {
 	delay := 200 * time.Millisecond
 	for {
 		addr, err := a.alloc.Allocate(ctx, a.nodeKey(), map[string]string{"owner": "node"})
+		var probe netip.Addr
+		if err == nil {
+			probe, err = a.alloc.Allocate(ctx, a.probeKey(), map[string]string{"owner": "node-probe"})
+		}
 		if err == nil {
 			a.mu.Lock()
-			a.tunnelAddr = addr
-			unreach := a.unreach
+			a.tunnelAddr, a.probeAddr = addr, probe
 			a.mu.Unlock()
-			if err := a.mesh.SetMeta(a.meta(addr, unreach)); err != nil {
+			if err := a.mesh.SetMeta(a.meta()); err != nil {
 				return fmt.Errorf("publish tunnel address: %w", err)
 			}
-			a.log.Info("tunnel address claimed", "addr", addr)
+			a.log.Info("tunnel address claimed", "addr", addr, "probe-addr", probe)
 			a.trigger()
 			return nil
 		}

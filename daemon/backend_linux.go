@@ -74,9 +74,9 @@ func (a *agent) Allocate(ctx context.Context, at api.Attachment) (api.Allocation
 }
 
 func (a *agent) Release(ctx context.Context, at api.Attachment) (api.Allocation, bool, error) {
-	if keyOf(at) == a.nodeKey() {
+	if a.ownKey(keyOf(at)) {
 		return api.Allocation{}, false, &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest,
-			Message: "that key is this node's own tunnel address"}
+			Message: "that key is this node's own tunnel or probe address"}
 	}
 	addr, ok, err := a.alloc.Release(ctx, keyOf(at))
 	if err != nil || !ok {
@@ -97,7 +97,7 @@ func (a *agent) Check(_ context.Context, at api.Attachment) (api.Allocation, err
 }
 
 func (a *agent) GC(ctx context.Context, valid []api.Attachment) ([]api.Allocation, error) {
-	keep := []ipalloc.Key{a.nodeKey()}
+	keep := []ipalloc.Key{a.nodeKey(), a.probeKey()}
 	for _, v := range valid {
 		keep = append(keep, keyOf(v))
 	}
@@ -127,14 +127,30 @@ func (a *agent) Rmpeer(ctx context.Context, node string) (string, error) {
 
 // PeerStatus is one row of `weft status peers --json`.
 type PeerStatus struct {
-	Name          string   `json:"name"`
-	PublicKey     string   `json:"publicKey"`
-	Endpoint      string   `json:"endpoint,omitempty"`
-	Advertised    string   `json:"advertisedEndpoint,omitempty"`
-	TunnelAddr    string   `json:"tunnelAddress,omitempty"`
-	State         string   `json:"state"` // alive, down
-	Path          string   `json:"path"`  // direct, relayed
-	Via           string   `json:"via,omitempty"`
+	Name       string `json:"name"`
+	PublicKey  string `json:"publicKey"`
+	Endpoint   string `json:"endpoint,omitempty"`
+	Advertised string `json:"advertisedEndpoint,omitempty"`
+	TunnelAddr string `json:"tunnelAddress,omitempty"`
+	State      string `json:"state"` // alive, down
+	Path       string `json:"path"`  // direct, relayed
+	Via        string `json:"via,omitempty"`
+	// PathSince is when Path (or Via) last changed, RFC 3339.
+	PathSince string `json:"pathSince,omitempty"`
+	// DirectPath is the probes' judgement of the direct path (up, down,
+	// unknown); empty when the peer is not probed (an older daemon).
+	DirectPath string `json:"directPath,omitempty"`
+	// RTT is the median round trip of the latest probes of the direct
+	// path, in seconds; 0 before the first answer.
+	RTT float64 `json:"rttSeconds"`
+	// ProbeLoss is the share (0 to 1) of the latest probes (up to 60) of
+	// the direct path that were lost.
+	ProbeLoss float64 `json:"probeLoss"`
+	// NATKind is what the peer tells of its NAT: none, cone, symmetric,
+	// or empty while unknown; Reflexive its public endpoint behind a
+	// cone NAT.
+	NATKind       string   `json:"natKind,omitempty"`
+	Reflexive     string   `json:"reflexiveEndpoint,omitempty"`
 	LastHandshake string   `json:"lastHandshake,omitempty"`
 	HandshakeAge  float64  `json:"handshakeAgeSeconds,omitempty"`
 	RxBytes       int64    `json:"rxBytes"`
@@ -152,19 +168,29 @@ type PeerStatus struct {
 
 // PeersStatus is `weft status peers --json`.
 type PeersStatus struct {
-	Node       string       `json:"node"`
-	Version    string       `json:"version"`
-	PublicKey  string       `json:"publicKey"`
-	Endpoint   string       `json:"endpoint"`
-	TunnelAddr string       `json:"tunnelAddress,omitempty"`
-	Interface  string       `json:"interface"`
-	WGMode     string       `json:"wgMode"`
-	MTU        int          `json:"mtu"`
-	Ready      bool         `json:"ready"`
-	Reason     string       `json:"reason,omitempty"`
-	Members    int          `json:"members"`
-	Health     int          `json:"healthScore"`
-	Peers      []PeerStatus `json:"peers"`
+	Node       string `json:"node"`
+	Version    string `json:"version"`
+	PublicKey  string `json:"publicKey"`
+	Endpoint   string `json:"endpoint"`
+	TunnelAddr string `json:"tunnelAddress,omitempty"`
+	Interface  string `json:"interface"`
+	WGMode     string `json:"wgMode"`
+	MTU        int    `json:"mtu"`
+	Ready      bool   `json:"ready"`
+	Reason     string `json:"reason,omitempty"`
+	Members    int    `json:"members"`
+	Health     int    `json:"healthScore"`
+	// NATKind is what this node's peers tell of its NAT (none, cone,
+	// symmetric; empty while no peer answered its probes); Reflexive its
+	// public endpoint behind a cone NAT.
+	NATKind   string `json:"natKind,omitempty"`
+	Reflexive string `json:"reflexiveEndpoint,omitempty"`
+	// LivePeers are the peers alive in the mesh, DirectPeers those of them
+	// reached directly, DirectShare the share (1 without live peers).
+	LivePeers   int          `json:"livePeers"`
+	DirectPeers int          `json:"directPeers"`
+	DirectShare float64      `json:"directShare"`
+	Peers       []PeerStatus `json:"peers"`
 }
 
 func (a *agent) Status(section string) (any, error) {
@@ -214,6 +240,11 @@ func (a *agent) peersStatus() (PeersStatus, error) {
 	if a.tunnelAddr.IsValid() {
 		st.TunnelAddr = a.tunnelAddr.String()
 	}
+	st.NATKind = a.natKind
+	if a.reflexive.IsValid() {
+		st.Reflexive = a.reflexive.String()
+	}
+	probes := a.probes.Results()
 	byKey := map[string]*knownPeer{}
 	for _, kp := range a.peers {
 		byKey[kp.PublicKey.String()] = kp
@@ -237,6 +268,22 @@ func (a *agent) peersStatus() (PeersStatus, error) {
 			}
 			if kp.RelayVia != "" {
 				ps.Path, ps.Via = "relayed", kp.RelayVia
+			}
+			if !kp.pathSince.IsZero() {
+				ps.PathSince = kp.pathSince.UTC().Format(time.RFC3339Nano)
+			}
+			if r, ok := probes[kp.Name]; ok && kp.ProbeAddr.IsValid() {
+				ps.DirectPath, ps.RTT, ps.ProbeLoss = r.State.String(), r.RTT.Seconds(), r.Loss
+			}
+			ps.NATKind = kp.NATKind
+			if kp.Reflexive.IsValid() {
+				ps.Reflexive = kp.Reflexive.String()
+			}
+			if kp.Alive {
+				st.LivePeers++
+				if ps.Path == "direct" {
+					st.DirectPeers++
+				}
 			}
 		}
 		if p.Endpoint != nil {
@@ -264,6 +311,10 @@ func (a *agent) peersStatus() (PeersStatus, error) {
 			}
 			st.Peers = append(st.Peers, ps)
 		}
+	}
+	st.DirectShare = 1
+	if st.LivePeers > 0 {
+		st.DirectShare = float64(st.DirectPeers) / float64(st.LivePeers)
 	}
 	sort.Slice(st.Peers, func(i, j int) bool { return st.Peers[i].Name < st.Peers[j].Name })
 	return st, nil

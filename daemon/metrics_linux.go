@@ -45,7 +45,7 @@ var peerPaths = []string{"direct", "relayed", "none"}
 
 func (c metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descMembers, descHealth, descReconcileErr,
-		descPeerUp, descRelayed, descPath, descHandshake, descHandshakeAge, descRx, descTx, descPeerPMTU,
+		descPeerUp, descRelayed, descPath, descHandshake, descHandshakeAge, descRx, descTx, descPeerPMTU, descPeerRTT, descPeerLoss, descDirect,
 		descIPAMReady, descRangeSize, descOwned, descUsed, descFree, descAllocs, descUnreachAddrs, descUnreach, descPendingClaims} {
 		ch <- d
 	}
@@ -78,6 +78,20 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 
 // collectPeers reports each named peer; now is the Unix time of the scrape.
 func collectPeers(e emit, peers []PeerStatus, now int64) {
+	live, direct := 0, 0
+	for _, p := range peers {
+		if p.Name != "" && p.State == "alive" {
+			live++
+			if p.Path == "direct" {
+				direct++
+			}
+		}
+	}
+	share := 1.0
+	if live > 0 {
+		share = float64(direct) / float64(live)
+	}
+	e(descDirect, prometheus.GaugeValue, share)
 	for _, p := range peers {
 		name := p.Name
 		if name == "" {
@@ -96,6 +110,12 @@ func collectPeers(e emit, peers []PeerStatus, now int64) {
 		e(descTx, prometheus.CounterValue, float64(p.TxBytes), name)
 		if p.PMTU > 0 {
 			e(descPeerPMTU, prometheus.GaugeValue, float64(p.PMTU), name)
+		}
+		if p.RTT > 0 {
+			e(descPeerRTT, prometheus.GaugeValue, p.RTT, name)
+		}
+		if p.DirectPath != "" {
+			e(descPeerLoss, prometheus.GaugeValue, p.ProbeLoss, name)
 		}
 	}
 }

@@ -32,7 +32,9 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 
 func TestStateMetrics(t *testing.T) {
 	peers := []PeerStatus{
-		{Name: "node2", State: "alive", Path: "direct", LastHandshake: "2026-01-01T00:00:00Z", HandshakeAge: 12, RxBytes: 100, TxBytes: 200},
+		{Name: "node2", State: "alive", Path: "direct", LastHandshake: "2026-01-01T00:00:00Z", HandshakeAge: 12, RxBytes: 100, TxBytes: 200,
+			DirectPath: "up", RTT: 0.0015, ProbeLoss: 0.05},
+		{Name: "node5", State: "alive", Path: "relayed", Via: "node2", DirectPath: "down", ProbeLoss: 1},
 		{Name: "node3", State: "alive", Path: "relayed", Via: "node2"},
 		{Name: "node4", State: "down", Path: "none"},
 		{PublicKey: "abc…", State: "unknown", Path: "direct"}, // no name: not reported

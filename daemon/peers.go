@@ -24,6 +24,9 @@ type peer struct {
 	// RelayVia names the peer that carries this peer's traffic when the
 	// direct path does not work; empty for a direct path.
 	RelayVia string
+	// ProbeAddr is where the direct path to the peer is probed; it stays
+	// in the peer's own entry while its ranges are relayed. Invalid: none.
+	ProbeAddr netip.Addr
 }
 
 // meshView is the desired state of the tunnel: every live peer with what it
@@ -36,8 +39,9 @@ type meshView struct {
 
 // allowedIPs returns, for every peer, the prefixes its WireGuard peer entry
 // carries: its tunnel address and ranges, plus those of every peer relayed
-// through it. A relayed peer keeps its entry with no AllowedIPs, so
-// handshakes on the direct path go on and tell when it works again.
+// through it, and its probe address. A relayed peer keeps its entry with
+// only its probe address, so probes and handshakes on the direct path go
+// on and tell when it works again (the /32 outranks the relay's ranges).
 func (v meshView) allowedIPs() map[string][]netip.Prefix {
 	byName := make(map[string]peer, len(v.Peers))
 	for _, p := range v.Peers {
@@ -52,7 +56,9 @@ func (v meshView) allowedIPs() map[string][]netip.Prefix {
 			}
 		}
 		out[carrier] = append(out[carrier], ownPrefixes(p)...)
-		if _, ok := out[p.Name]; !ok {
+		if p.ProbeAddr.IsValid() {
+			out[p.Name] = append(out[p.Name], netip.PrefixFrom(p.ProbeAddr, p.ProbeAddr.BitLen()))
+		} else if _, ok := out[p.Name]; !ok {
 			out[p.Name] = nil
 		}
 	}

@@ -92,6 +92,14 @@ func TestDiffPeersGolden(t *testing.T) {
 	relayed.Peers = []peer{b, c}
 	relayed.Peers[1].RelayVia = "node2"
 
+	// With probe addresses, a relayed peer's own entry keeps its probe
+	// address, so the probes take the direct path.
+	probed := base
+	probed.Peers = []peer{b, c}
+	probed.Peers[0].ProbeAddr = probed.Peers[0].TunnelAddr.Next()
+	probed.Peers[1].ProbeAddr = probed.Peers[1].TunnelAddr.Next()
+	probed.Peers[1].RelayVia = "node2"
+
 	moved := base
 	moved.Peers = []peer{b, c}
 	moved.Peers[1].Endpoint = udp("172.30.1.3:6784")
@@ -115,6 +123,7 @@ func TestDiffPeersGolden(t *testing.T) {
 		{"peers-roamed-endpoint-kept", roamed, base, mem()},
 		{"peers-advertised-endpoint-changed", fresh, moved, mem()},
 		{"peers-relayed", fresh, relayed, mem()},
+		{"peers-relayed-probe-direct", fresh, probed, mem()},
 		{"peers-dead-removed", stale, base, mem()},
 		{"peers-insecure", nil, meshView{Peers: []peer{b}}, endpointMemory{}},
 	}

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -84,9 +82,18 @@ func (a *agent) refreshPeers(now time.Time) {
 		kp.Name = m.Name
 		kp.PublicKey = wgtypes.Key(m.Meta.PublicKey)
 		kp.Announced = m.Meta.TunnelAddr
+		kp.ProbeAnnounced = m.Meta.ProbeAddr
 		kp.Endpoint = m.Meta.Endpoint
-		kp.peer.Endpoint = resolveEndpoint(m.Meta.Endpoint)
+		kp.NATKind = m.Meta.NATKind
+		kp.Reflexive = netip.AddrPort{}
+		if m.Meta.NATKind == natCone {
+			kp.Reflexive, _ = netip.ParseAddrPort(m.Meta.Reflexive)
+		}
+		kp.peer.Endpoint = resolveEndpoint(peerEndpoint(m.Meta.Endpoint, kp.Reflexive, a.reflexive))
 		kp.Unreachable = m.Meta.UnreachablePeers()
+		if kp.pathSince.IsZero() {
+			kp.pathSince = now
+		}
 		kp.Alive = true
 		kp.LastSeen = now
 	}
@@ -133,6 +140,12 @@ func (a *agent) vetPeer(kp *knownPeer, ranges map[string][]netip.Prefix, now tim
 	}
 	if why == "" {
 		why = checkTunnelAddr(kp.Name, kp.Announced, a.cfg.PodCIDR, ranges)
+	}
+	// A probe address the ring does not give the peer is ignored: its
+	// direct path is then judged by WireGuard's counters.
+	kp.ProbeAddr = netip.Addr{}
+	if !kp.KeyRefused && checkTunnelAddr(kp.Name, kp.ProbeAnnounced, a.cfg.PodCIDR, ranges) == "" {
+		kp.ProbeAddr = kp.ProbeAnnounced
 	}
 	if why == "" {
 		if kp.Refused != "" && kp.refusalLogged {
@@ -208,12 +221,15 @@ func (a *agent) reconcile(mem endpointMemory) error {
 	a.refreshPeers(time.Now())
 	a.rememberPeers()
 	_, self := a.view()
+	a.mu.Lock()
+	probeAddr := a.probeAddr
+	a.mu.Unlock()
 	var errs []error
 	link, err := a.nl.LinkByName(a.tun.Name())
 	if err != nil {
 		return fmt.Errorf("tunnel device %s is gone: %w", a.tun.Name(), err)
 	}
-	if err := a.ensureLink(link, self); err != nil {
+	if err := a.ensureLink(link, self, probeAddr); err != nil {
 		errs = append(errs, err)
 	}
 	dev, err := a.tun.Device()
@@ -250,6 +266,7 @@ func (a *agent) reconcile(mem endpointMemory) error {
 	if err := a.syncPathMTU(v, dev.Peers); err != nil {
 		errs = append(errs, err)
 	}
+	a.syncProbes(v, dev.Peers, probeAddr)
 	err = errors.Join(errs...)
 	a.mu.Lock()
 	switch {
@@ -270,8 +287,8 @@ func (a *agent) reconcile(mem endpointMemory) error {
 }
 
 // ensureLink keeps the tunnel device up with its MTU and this node's
-// overlay address.
-func (a *agent) ensureLink(link netlink.Link, self netip.Addr) error {
+// overlay address and probe address.
+func (a *agent) ensureLink(link netlink.Link, self, probe netip.Addr) error {
 	if link.Attrs().MTU != a.mtu {
 		if err := a.nl.LinkSetMTU(link, a.mtu); err != nil {
 			return fmt.Errorf("set MTU of %s: %w", link.Attrs().Name, err)
@@ -289,11 +306,17 @@ func (a *agent) ensureLink(link netlink.Link, self netip.Addr) error {
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 	}
-	want := &net.IPNet{IP: self.AsSlice(), Mask: net.CIDRMask(32, 32)}
-	found := false
+	want := map[string]*net.IPNet{}
+	for _, ad := range []netip.Addr{self, probe} {
+		if ad.IsValid() {
+			n := &net.IPNet{IP: ad.AsSlice(), Mask: net.CIDRMask(32, 32)}
+			want[n.String()] = n
+		}
+	}
+	found := map[string]bool{}
 	for _, ad := range addrs {
-		if ad.IPNet.String() == want.String() {
-			found = true
+		if want[ad.IPNet.String()] != nil {
+			found[ad.IPNet.String()] = true
 			continue
 		}
 		// An address of an earlier life (a reclaimed range) must go.
@@ -301,92 +324,15 @@ func (a *agent) ensureLink(link netlink.Link, self netip.Addr) error {
 			return fmt.Errorf("remove stale address %s from %s: %w", ad.IPNet, link.Attrs().Name, err)
 		}
 	}
-	if !found {
-		if err := a.nl.AddrAdd(link, &netlink.Addr{IPNet: want}); err != nil {
-			return fmt.Errorf("add %s to %s: %w", want, link.Attrs().Name, err)
+	for s, n := range want {
+		if found[s] {
+			continue
+		}
+		if err := a.nl.AddrAdd(link, &netlink.Addr{IPNet: n}); err != nil {
+			return fmt.Errorf("add %s to %s: %w", n, link.Attrs().Name, err)
 		}
 	}
 	return nil
-}
-
-// judgePaths updates what the daemon knows of each direct path from the
-// device's counters, publishes the peers it cannot reach directly, picks a
-// relay for every pair that needs one, and re-arms the keepalive of relayed
-// peers so their direct path is tried again.
-func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
-	rx := make(map[wgtypes.Key]int64, len(devPeers))
-	for _, p := range devPeers {
-		rx[p.PublicKey] = p.ReceiveBytes
-	}
-	a.mu.Lock()
-	var unreachable, members []string
-	members = append(members, a.cfg.NodeName)
-	for name, kp := range a.peers {
-		if r, ok := rx[kp.PublicKey]; ok {
-			kp.probe.observe(r, now)
-		}
-		if !kp.Alive {
-			continue
-		}
-		members = append(members, name)
-		if !kp.probe.healthy(now) {
-			unreachable = append(unreachable, name)
-		}
-	}
-	slices.Sort(unreachable)
-	mine := strings.Join(unreachable, ",")
-	changed := mine != a.unreach
-	a.unreach = mine
-	tunnelAddr := a.tunnelAddr
-	lists := func(n string) []string {
-		if n == a.cfg.NodeName {
-			return unreachable
-		}
-		if kp := a.peers[n]; kp != nil {
-			return kp.Unreachable
-		}
-		return nil
-	}
-	var probe []wgtypes.Key
-	for name, kp := range a.peers {
-		via := ""
-		if kp.Alive {
-			via = chooseRelay(a.cfg.NodeName, name, members, lists)
-		}
-		if via != kp.RelayVia {
-			if via == "" {
-				a.log.Info("direct path works again", "peer", name)
-			} else {
-				a.log.Info("no direct path; relaying", "peer", name, "via", via)
-			}
-			kp.RelayVia = via
-		}
-		if via != "" && now.Sub(kp.probe.probed) >= relayProbe {
-			kp.probe.probed = now
-			probe = append(probe, kp.PublicKey)
-		}
-	}
-	a.mu.Unlock()
-
-	var errs []error
-	if changed {
-		if err := a.mesh.SetMeta(a.meta(tunnelAddr, mine)); err != nil {
-			errs = append(errs, fmt.Errorf("publish unreachable peers: %w", err))
-		}
-	}
-	// Turning a keepalive on sends one at once: a handshake on the direct
-	// path, which tells whether it works again.
-	for _, k := range probe {
-		for _, ka := range []time.Duration{0, keepalive} {
-			ka := ka
-			err := a.tun.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: k, UpdateOnly: true, PersistentKeepaliveInterval: &ka}}})
-			if err != nil {
-				errs = append(errs, fmt.Errorf("probe direct path: %w", err))
-				break
-			}
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // meshBridge carries the allocator's messages over the mesh. The mesh is

@@ -7,20 +7,27 @@ import (
 
 // Relaying: when two live nodes cannot reach each other directly but both
 // reach a third, their traffic goes through the third. Each node judges its
-// direct paths by what WireGuard sees (a path that carries nothing, not even
-// the keepalives every 25 s, is broken) and publishes the peers it cannot
-// reach in its gossip metadata. From those lists every node computes the same
+// direct paths by probes (liveness.go), those to peers without a probe
+// address (older daemons) by what WireGuard sees (a path that carries
+// nothing, not even the keepalives every 25 s, is broken), and publishes
+// the peers it cannot reach in its gossip metadata. From those lists every node computes the same
 // relay for a pair, which matters: WireGuard accepts a packet only from the
 // peer whose AllowedIPs hold its source, so both ends of a pair must route
 // through the same relay.
 //
-//	direct ──(no rx for directStale)──▶ relayed via R ──(rx again)──▶ direct
+//	direct ──(probes: down; or no rx for directStale)──▶ relayed via R
+//	relayed via R ──(probes: up; or rx again)──▶ direct
 //
-// While a peer is relayed its direct entry stays, without AllowedIPs, and
+// While a peer is relayed its direct entry stays, with only its probe
+// address as AllowedIPs, so the probes keep taking the direct path, and
 // the daemon re-arms its keepalive every relayProbe so WireGuard keeps
-// trying a handshake on the direct path and notices when it works again.
+// trying a handshake there.
 
 const (
+	// keepalive is the PersistentKeepalive every peer gets: it keeps NAT
+	// mappings open for peers behind NAT and gives every tunnel a fresh
+	// handshake to judge the direct path by.
+	keepalive = 25 * time.Second
 	// directStale is how long a direct path may carry nothing before it is
 	// judged broken: more than one keepalive interval plus a handshake.
 	directStale = keepalive + 15*time.Second

@@ -27,7 +27,7 @@ func (a *agent) sweepLoop(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		for _, al := range vanished(a.alloc.List(), a.nodeKey(), time.Now(), netnsGone) {
+		for _, al := range vanished(a.alloc.List(), a.ownKey, time.Now(), netnsGone) {
 			if _, _, err := a.alloc.Release(ctx, al.Key); err != nil {
 				a.log.Warn("release allocation of a vanished pod", "container", al.Key.ContainerID, "err", err)
 				continue
@@ -41,10 +41,10 @@ func (a *agent) sweepLoop(ctx context.Context) error {
 
 // vanished picks the allocations to free: older than sweepGrace, not the
 // node's own, and whose netns gone() says is gone.
-func vanished(all []ipalloc.Allocation, nodeKey ipalloc.Key, now time.Time, gone func(string) bool) []ipalloc.Allocation {
+func vanished(all []ipalloc.Allocation, own func(ipalloc.Key) bool, now time.Time, gone func(string) bool) []ipalloc.Allocation {
 	var out []ipalloc.Allocation
 	for _, al := range all {
-		if al.Key == nodeKey || now.Sub(al.Created) < sweepGrace {
+		if own(al.Key) || now.Sub(al.Created) < sweepGrace {
 			continue
 		}
 		if p := al.Meta["netns"]; p != "" && gone(p) {

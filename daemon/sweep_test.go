@@ -26,7 +26,7 @@ func TestVanished(t *testing.T) {
 		al("no-netns", "", old),
 	}
 	gone := func(p string) bool { return filepath.Dir(p) == "/gone" }
-	got := vanished(all, node, now, gone)
+	got := vanished(all, func(k ipalloc.Key) bool { return k == node }, now, gone)
 	if len(got) != 1 || got[0].Key.ContainerID != "gone-old" {
 		t.Fatalf("vanished = %+v, want only gone-old", got)
 	}

@@ -329,6 +329,26 @@ func (m *Mesh) SyncNow() error {
 	return nil
 }
 
+// SyncWith does a push/pull with the alive member name now. A node behind
+// NAT, whom others cannot send to, learns so at once that it is suspected
+// and refutes it before it is declared dead. It blocks for at most
+// TCPTimeout.
+func (m *Mesh) SyncWith(name string) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	m.mu.Lock()
+	ap, ok := m.alive[name]
+	m.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("sync with %s: %w", name, ErrUnknownPeer)
+	}
+	if _, err := m.join(ap.String()); err != nil {
+		return fmt.Errorf("sync with %s: %w", name, err)
+	}
+	return nil
+}
+
 // alivePeers returns the alive members other than this node, whatever
 // their metadata, as memberlist nodes to send to.
 func (m *Mesh) alivePeers() []*memberlist.Node {

@@ -182,3 +182,17 @@ func FuzzParseEnvelope(f *testing.F) {
 		}
 	})
 }
+
+func TestSyncWith(t *testing.T) {
+	n1 := startNode(t, testConfig(t, "n1"))
+	n2 := startNode(t, testConfig(t, "n2", n1.addr()))
+	waitFullMesh(t, converge, n1, n2)
+	before := n1.app.merged("state-of-n2")
+	if err := n1.SyncWith("n2"); err != nil {
+		t.Fatalf("SyncWith a member: %v", err)
+	}
+	waitFor(t, converge, "n1 to merge the state of n2 again", func() bool { return n1.app.merged("state-of-n2") > before })
+	if err := n1.SyncWith("n9"); !errors.Is(err, ErrUnknownPeer) {
+		t.Errorf("SyncWith a stranger: %v, want ErrUnknownPeer", err)
+	}
+}

@@ -44,6 +44,17 @@ type Meta struct {
 	// separated by commas, so every node can agree on a relay for them.
 	// Usually empty. A string keeps Meta comparable; see UnreachablePeers.
 	Unreachable string
+	// ProbeAddr is the node's probe address on the overlay: peers probe
+	// their direct path to it (it stays on the direct path while the
+	// node's ranges are relayed). The zero Addr: none (an older node).
+	ProbeAddr netip.Addr
+	// NATKind is what the node found out about its NAT from where its
+	// peers see it: "", "none", "cone" or "symmetric".
+	NATKind string
+	// Reflexive is the public host:port at which peers see the node's
+	// WireGuard port when it sits behind a cone NAT; peers behind
+	// another NAT punch to it. Empty otherwise.
+	Reflexive string
 }
 
 // UnreachablePeers splits Unreachable into names.
@@ -63,6 +74,9 @@ const (
 	tagEndpoint    = 3
 	tagTunnelAddr  = 4
 	tagUnreachable = 5
+	tagProbeAddr   = 6
+	tagNATKind     = 7
+	tagReflexive   = 8
 )
 
 // Encode returns the wire form of m. It fails if m would not fit in
@@ -96,6 +110,18 @@ func (m Meta) Encode() ([]byte, error) {
 			}
 		}
 		buf = appendField(buf, tagUnreachable, []byte(m.Unreachable))
+	}
+	if m.ProbeAddr.IsValid() {
+		if m.ProbeAddr.Zone() != "" {
+			return nil, fmt.Errorf("encode meta: probe address %s has a zone; use an address without one", m.ProbeAddr)
+		}
+		buf = appendField(buf, tagProbeAddr, m.ProbeAddr.AsSlice())
+	}
+	if m.NATKind != "" {
+		buf = appendField(buf, tagNATKind, []byte(m.NATKind))
+	}
+	if m.Reflexive != "" {
+		buf = appendField(buf, tagReflexive, []byte(m.Reflexive))
 	}
 	if len(buf) > MaxMetaSize {
 		return nil, fmt.Errorf("encode meta: %d bytes, more than the %d memberlist allows; shorten the node name, endpoint or unreachable list", len(buf), MaxMetaSize)
@@ -168,6 +194,16 @@ func (m *Meta) setField(tag uint64, val []byte) error {
 			return fmt.Errorf("tunnel address of %d bytes, want 4 or 16", len(val))
 		}
 		m.TunnelAddr = a
+	case tagProbeAddr:
+		a, ok := netip.AddrFromSlice(val)
+		if !ok {
+			return fmt.Errorf("probe address of %d bytes, want 4 or 16", len(val))
+		}
+		m.ProbeAddr = a
+	case tagNATKind:
+		m.NATKind = string(val)
+	case tagReflexive:
+		m.Reflexive = string(val)
 	case tagUnreachable:
 		m.Unreachable = string(val)
 		for _, n := range m.UnreachablePeers() {

@@ -29,6 +29,7 @@ func TestMetaRoundTrip(t *testing.T) {
 		{"4in6", Meta{Name: "n", TunnelAddr: netip.MustParseAddr("::ffff:10.0.0.1")}},
 		{"explicit proto", Meta{Proto: ProtoVersion, Name: "x"}},
 		{"unreachable peers", Meta{Name: "n1", Unreachable: "n2,n7"}},
+		{"probe address and NAT", Meta{Name: "n1", ProbeAddr: netip.MustParseAddr("10.32.0.2"), NATKind: "cone", Reflexive: "192.0.2.1:10001"}},
 		{"long name", Meta{Name: strings.Repeat("a", 253), PublicKey: testKey(3), Endpoint: strings.Repeat("b", 200) + ":1"}},
 	}
 	for _, tt := range tests {
@@ -102,6 +103,7 @@ func TestDecodeMeta(t *testing.T) {
 		{"short key", cat([]byte{ProtoVersion}, field(tagPublicKey, key[:31])), Meta{}, "public key"},
 		{"bad addr", cat([]byte{ProtoVersion}, field(tagTunnelAddr, []byte{1, 2, 3})), Meta{}, "tunnel address"},
 		{"unreachable", cat([]byte{ProtoVersion}, field(tagUnreachable, []byte("n2,n3"))), Meta{Proto: ProtoVersion, Unreachable: "n2,n3"}, ""},
+		{"probe address", cat([]byte{ProtoVersion}, field(tagProbeAddr, []byte{10, 32, 0, 2})), Meta{Proto: ProtoVersion, ProbeAddr: netip.MustParseAddr("10.32.0.2")}, ""},
 		{"unreachable empty name", cat([]byte{ProtoVersion}, field(tagUnreachable, []byte("n2,,n3"))), Meta{}, "empty name"},
 		{"duplicate", cat([]byte{ProtoVersion}, field(tagName, []byte("a")), field(tagName, []byte("b"))), Meta{}, "twice"},
 		{"too long", cat([]byte{ProtoVersion}, field(99, make([]byte, MaxMetaSize))), Meta{}, "more than"},

@@ -12,6 +12,13 @@
 //	node2 ──┘                                                │ (NAT of a
 //	node3 ───── br1 172.30.1.0/24 ── r1 ─── s1 172.30.1.254 ┘  site optional)
 //
+// A site can also sit behind a NAT router of its own (AddNATSite), like a
+// home or office network: PREFIX-rtS has a public address on site 0
+// (172.30.0.(254-S)) and no port forward, so two such sites reach each
+// other only by punching; its NAT is a port-restricted cone (each node's
+// WireGuard port keeps one public port) or, with NATConfig.Symmetric, gives
+// every flow a random port.
+//
 // Every process started in a node (the daemon, Exec, CNI plugins) runs in the
 // node's network namespace and in a mount namespace of its own in which the
 // node's directory is /run/wireguard, so userspace WireGuard's UAPI sockets of
@@ -38,6 +45,7 @@
 //	err = lab.Cut(nodes[0], nodes[1]) // and lab.Heal
 //	err = lab.LimitPath(nodes[0], nodes[2], 1280) // a VPN path: larger packets vanish
 //	err = lab.SetLinkMTU(nodes[1], 1400)          // and lab.SetLoss(nodes[1], 5)
+//	home, err := lab.AddNATSite(netlab.NATConfig{}) // or {Symmetric: true}
 package netlab
 
 import (

@@ -72,9 +72,9 @@ func (l *Lab) LimitPath(a, b *Node, maxPacket int) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	tag := "limit " + pairTag(a, b)
-	family, where := nftables.TableFamilyBridge, l.Underlay
-	if a.Site != b.Site {
-		family, where = nftables.TableFamilyIPv4, l.router
+	where, family, err := l.pathPlace(a, b)
+	if err != nil {
+		return fmt.Errorf("limit the path %s-%s: %w", a.Name, b.Name, err)
 	}
 	if err := deleteTagged(where, family, tag); err != nil {
 		return fmt.Errorf("limit the path %s-%s: %w", a.Name, b.Name, err)
@@ -104,8 +104,8 @@ func (l *Lab) LimitPath(a, b *Node, maxPacket int) error {
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 2, Len: 2}, // ip length
 		&expr.Cmp{Op: expr.CmpOpGt, Register: 1, Data: binaryutil.BigEndian.PutUint16(uint16(maxPacket))},
 	}
-	err := withNft(where, func(c *nftables.Conn) error {
-		if a.Site == b.Site {
+	err = withNft(where, func(c *nftables.Conn) error {
+		if family == nftables.TableFamilyBridge {
 			ch := bridgeChain(c)
 			isIPv4 := []expr.Any{
 				&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},

@@ -55,6 +55,11 @@ type site struct {
 	nat    bool
 	bridge string
 	next   byte // last host number handed out
+	// Of a site behind a NAT router of its own (AddNATSite): the
+	// router's netns, its public address on site 0, and its NAT.
+	router string
+	public netip.Addr
+	natCfg NATConfig
 }
 
 // sitePrefix is the underlay subnet of site s.
@@ -340,6 +345,9 @@ func (l *Lab) addSiteLocked(nat bool) (int, error) {
 		}
 		// Nodes of site 0 had no way out until now.
 		for _, n := range l.nodes {
+			if n.Site != 0 {
+				continue
+			}
 			if err := n.addDefaultRoute(); err != nil {
 				return 0, err
 			}
@@ -479,6 +487,10 @@ func (l *Lab) AddNode(site int) (*Node, error) {
 		return nil, fmt.Errorf("site %d is full", site)
 	}
 	s.next++
+	if site == 0 && l.isPublicAddr(netip.AddrFrom4([4]byte{172, 30, 0, s.next})) {
+		s.next--
+		return nil, errors.New("site 0 is full: its upper addresses belong to the NAT routers of other sites")
+	}
 	i := len(l.nodes) + 1
 	n := &Node{
 		Name: fmt.Sprintf("node%d", i),
@@ -506,8 +518,13 @@ func (l *Lab) AddNode(site int) (*Node, error) {
 	if err := l.veth(n.port, s.bridge, path, "eth0", netip.PrefixFrom(n.Addr, 24)); err != nil {
 		return nil, fmt.Errorf("wire %s: %w", n.Name, err)
 	}
-	if l.router != "" {
+	if l.router != "" || s.router != "" {
 		if err := n.addDefaultRoute(); err != nil {
+			return nil, err
+		}
+	}
+	if s.router != "" && !s.natCfg.Symmetric {
+		if err := coneMapping(s, n, s.next); err != nil {
 			return nil, err
 		}
 	}

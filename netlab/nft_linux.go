@@ -193,9 +193,12 @@ func (l *Lab) Cut(a, b *Node) error {
 	if err := l.healLocked(a, b); err != nil {
 		return err
 	}
-	var err error
-	if a.Site == b.Site {
-		err = withNft(l.Underlay, func(c *nftables.Conn) error {
+	where, family, err := l.pathPlace(a, b)
+	if err != nil {
+		return fmt.Errorf("cut %s from %s: %w", a.Name, b.Name, err)
+	}
+	if family == nftables.TableFamilyBridge {
+		err = withNft(where, func(c *nftables.Conn) error {
 			ch := bridgeChain(c)
 			for _, p := range [][2]*Node{{a, b}, {b, a}} {
 				c.InsertRule(rule(ch, tag,
@@ -206,7 +209,7 @@ func (l *Lab) Cut(a, b *Node) error {
 			return nil
 		})
 	} else {
-		err = withNft(l.router, func(c *nftables.Conn) error {
+		err = withNft(where, func(c *nftables.Conn) error {
 			cut := routerTable(c).cut
 			for _, p := range [][2]*Node{{a, b}, {b, a}} {
 				c.InsertRule(rule(cut, tag,
@@ -236,11 +239,34 @@ func (l *Lab) Heal(a, b *Node) error {
 }
 
 func (l *Lab) healLocked(a, b *Node) error {
-	tag := pairTag(a, b)
-	if a.Site == b.Site {
-		return deleteTagged(l.Underlay, nftables.TableFamilyBridge, tag)
+	where, family, err := l.pathPlace(a, b)
+	if err != nil {
+		return err
 	}
-	return deleteTagged(l.router, nftables.TableFamilyIPv4, tag)
+	return deleteTagged(where, family, pairTag(a, b))
+}
+
+// pathPlace is where rules on the path between a and b go: the bridge of
+// the underlay when they share a site; else the router between them, which
+// sees both nodes' own addresses: the own router of a site behind its own
+// NAT router (AddNATSite) when the other node is not behind NAT, or the
+// shared router. Callers hold l.mu.
+func (l *Lab) pathPlace(a, b *Node) (string, nftables.TableFamily, error) {
+	if a.Site == b.Site {
+		return l.Underlay, nftables.TableFamilyBridge, nil
+	}
+	sa, sb := l.sites[a.Site], l.sites[b.Site]
+	if sa.router != "" || sb.router != "" {
+		own, other := sa, sb
+		if own.router == "" {
+			own, other = sb, sa
+		}
+		if other.nat {
+			return "", 0, fmt.Errorf("%s and %s are both behind NAT and one router sees only the other's public address: cut or limit their paths on a public node's side", a.Name, b.Name)
+		}
+		return own.router, nftables.TableFamilyIPv4, nil
+	}
+	return l.router, nftables.TableFamilyIPv4, nil
 }
 
 // CutGroups cuts every node of a from every node of b (a partition).

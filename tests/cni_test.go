@@ -340,8 +340,8 @@ func TestCNIDaemonKilledBetweenAddAndDel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Allocations != 2 {
-		t.Errorf("the daemon holds %d allocations, want 2 (its tunnel address and the live pod)", st.Allocations)
+	if st.Allocations != 3 {
+		t.Errorf("the daemon holds %d allocations, want 3 (its tunnel and probe addresses and the live pod)", st.Allocations)
 	}
 	// The sweep left the pod that is still there alone.
 	if err := live.Check(ctx); err != nil {
@@ -442,7 +442,7 @@ func TestCNICheckStatusGC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := len(keep) + 1; st.Allocations != want {
+	if want := len(keep) + 2; st.Allocations != want { // and the node's tunnel and probe addresses
 		t.Errorf("after GC the daemon holds %d allocations, want %d", st.Allocations, want)
 	}
 }

@@ -158,8 +158,8 @@ func TestIPAMPartitionAllocateHeal(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := len(byNode[n.Name]) + 1; st.Allocations != want {
-			t.Errorf("%s holds %d allocations, want %d (its pods and its tunnel address)", n.Name, st.Allocations, want)
+		if want := len(byNode[n.Name]) + 2; st.Allocations != want {
+			t.Errorf("%s holds %d allocations, want %d (its pods and its tunnel and probe addresses)", n.Name, st.Allocations, want)
 		}
 		for k, a := range byNode[n.Name] {
 			got, err := allocate(ctx, n, k)
@@ -254,8 +254,8 @@ func TestIPAMKillDuringBurst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := len(seen) + 1; st.Allocations != want {
-		t.Errorf("%s holds %d allocations after the restart, want %d (one per key and its tunnel address)", victim.Name, st.Allocations, want)
+	if want := len(seen) + 2; st.Allocations != want {
+		t.Errorf("%s holds %d allocations after the restart, want %d (one per key and its tunnel and probe addresses)", victim.Name, st.Allocations, want)
 	}
 	// Nothing the survivor hands out collides either.
 	other, err := allocateMany(ctx, nodes[0], "survivor", 50, 8)
@@ -498,7 +498,7 @@ func TestIPAMStaleStateAfterReclaim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := len(keys) + 1; st.Allocations != want {
+	if want := len(keys) + 2; st.Allocations != want { // and the node's tunnel and probe addresses
 		t.Errorf("the restarted node holds %d allocations, want %d (old allocations in lost ranges dropped)", st.Allocations, want)
 	}
 }

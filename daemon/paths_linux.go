@@ -1,0 +1,185 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// judgePaths judges each direct path, publishes the peers this node cannot
+// reach directly, picks a relay for every pair that needs one, and re-arms
+// the keepalive of relayed peers so their direct path is tried again.
+//
+// A peer with a probe address is judged by the probes (liveness.go): down
+// after a few lost in a row, up again after a few answered. A peer without
+// one (an older daemon), or before the probes have judged, by what
+// WireGuard received (relay.go).
+func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
+	rx := make(map[wgtypes.Key]int64, len(devPeers))
+	for _, p := range devPeers {
+		rx[p.PublicKey] = p.ReceiveBytes
+	}
+	results := a.probes.Results()
+	natChanged := a.judgeNAT()
+	a.mu.Lock()
+	var unreachable, members []string
+	members = append(members, a.cfg.NodeName)
+	for name, kp := range a.peers {
+		if r, ok := rx[kp.PublicKey]; ok {
+			kp.probe.observe(r, now)
+		}
+		if !kp.Alive {
+			continue
+		}
+		members = append(members, name)
+		healthy := kp.probe.healthy(now)
+		if r, ok := results[name]; ok && kp.ProbeAddr.IsValid() && r.State != pathUnknown {
+			healthy = r.State == pathUp
+		}
+		if !healthy {
+			unreachable = append(unreachable, name)
+		}
+	}
+	slices.Sort(unreachable)
+	mine := strings.Join(unreachable, ",")
+	changed := mine != a.unreach || natChanged
+	a.unreach = mine
+	lists := func(n string) []string {
+		if n == a.cfg.NodeName {
+			return unreachable
+		}
+		if kp := a.peers[n]; kp != nil {
+			return kp.Unreachable
+		}
+		return nil
+	}
+	var probe []wgtypes.Key
+	for name, kp := range a.peers {
+		via := ""
+		if kp.Alive {
+			via = chooseRelay(a.cfg.NodeName, name, members, lists)
+		}
+		if via != kp.RelayVia {
+			if via == "" {
+				a.log.Info("direct path works again", "peer", name, "relayed-for", now.Sub(kp.pathSince).Round(time.Millisecond))
+			} else {
+				a.log.Info("no direct path; relaying", "peer", name, "via", via)
+			}
+			kp.RelayVia = via
+			kp.pathSince = now
+		}
+		if via != "" && now.Sub(kp.probe.probed) >= relayProbe {
+			kp.probe.probed = now
+			probe = append(probe, kp.PublicKey)
+		}
+	}
+	a.mu.Unlock()
+
+	var errs []error
+	if changed {
+		if err := a.mesh.SetMeta(a.meta()); err != nil {
+			errs = append(errs, fmt.Errorf("publish unreachable peers: %w", err))
+		}
+	}
+	// Turning a keepalive on sends one at once: a handshake on the direct
+	// path, which tells whether it works again.
+	for _, k := range probe {
+		for _, ka := range []time.Duration{0, keepalive} {
+			ka := ka
+			err := a.tun.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: k, UpdateOnly: true, PersistentKeepaliveInterval: &ka}}})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("probe direct path: %w", err))
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// judgeNAT updates this node's NAT kind and reflexive endpoint from where
+// its peers see it, and reports whether they changed.
+func (a *agent) judgeNAT() bool {
+	observed := a.probes.Observed()
+	var own []netip.AddrPort
+	if ap, err := netip.ParseAddrPort(a.endpoint); err == nil {
+		own = append(own, ap)
+	}
+	if a.underlay.Addr.IsValid() {
+		own = append(own, netip.AddrPortFrom(a.underlay.Addr, uint16(a.cfg.WGPort)))
+	}
+	kind, refl := natKind(own, observed)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if kind == a.natKind && refl == a.reflexive {
+		return false
+	}
+	a.log.Info("NAT judged from where peers see this node", "nat", kind, "reflexive", refl, "was", a.natKind, "observers", len(observed))
+	a.natKind, a.reflexive = kind, refl
+	return true
+}
+
+// syncProbes tells the prober this node's probe address, the peers to
+// probe and where WireGuard sees each (for the answers).
+func (a *agent) syncProbes(v meshView, devPeers []wgtypes.Peer, self netip.Addr) {
+	endpoints := make(map[wgtypes.Key]string, len(devPeers))
+	for _, p := range devPeers {
+		if p.Endpoint != nil {
+			endpoints[p.PublicKey] = p.Endpoint.String()
+		}
+	}
+	targets := map[string]netip.Addr{}
+	seen := map[netip.Addr]string{}
+	for _, p := range v.Peers {
+		if p.ProbeAddr.IsValid() {
+			targets[p.Name] = p.ProbeAddr
+			seen[p.ProbeAddr] = endpoints[p.PublicKey]
+		}
+	}
+	a.probes.Set(self, targets, seen)
+}
+
+// natSync is how often a node behind NAT pushes and pulls the membership
+// with a node that is not: well within the time a suspected node has to
+// refute (about 4 s).
+const natSync = 2 * time.Second
+
+// keepNATMembership keeps a node behind NAT a member. Nodes outside its site
+// cannot send to it, so their gossip probes of it fail and they suspect it;
+// gossip telling it so cannot reach it either. So, while its peers' answers
+// say it is behind NAT, it pushes and pulls the membership with a random
+// peer not behind NAT every natSync, learns of the suspicion and refutes it
+// before it is declared dead.
+func (a *agent) keepNATMembership(ctx context.Context) error {
+	t := time.NewTicker(natSync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		a.mu.Lock()
+		natted := a.natKind == natCone || a.natKind == natSymmetric
+		var open []string
+		for name, kp := range a.peers {
+			if kp.Alive && kp.NATKind == natNone {
+				open = append(open, name)
+			}
+		}
+		a.mu.Unlock()
+		if !natted || len(open) == 0 {
+			continue
+		}
+		peer := open[rand.IntN(len(open))]
+		if err := a.mesh.SyncWith(peer); err != nil {
+			a.log.Debug("membership sync from behind NAT failed", "peer", peer, "err", err)
+		}
+	}
+}
