@@ -53,6 +53,8 @@ type agent struct {
 	kick     chan struct{}
 	pmtu     *pmtuProber // path MTU of every peer
 	metrics  *metrics
+	// healthAddrs are where /metrics, /healthz and /readyz are served.
+	healthAddrs []string
 
 	mu         sync.Mutex
 	tunnelAddr netip.Addr
@@ -168,6 +170,11 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 		return err
 	}
 	a.underlay = u
+	if cfg.MetricsAddr != "" {
+		if a.healthAddrs, err = healthAddrs(cfg.MetricsAddr, u.Addr); err != nil {
+			return err
+		}
+	}
 	a.endpoint = cfg.AdvertiseEndpoint
 	if a.endpoint == "" {
 		a.endpoint = net.JoinHostPort(u.Addr.String(), strconv.Itoa(cfg.WGPort))

@@ -515,6 +515,15 @@ func applyObjects(t *testing.T, ctx context.Context, lab apiAccess, objs []*unst
 	if !hasNodeName {
 		t.Errorf("env %+v lacks WEFT_NODE_NAME from spec.nodeName", c.Env)
 	}
+	// The daemon listens on the Node's address, where the kubelet probes
+	// a hostNetwork pod, not on whatever holds the default route.
+	var hasListen bool
+	for _, e := range c.Env {
+		hasListen = hasListen || (e.Name == "WEFT_LISTEN" && e.ValueFrom != nil && e.ValueFrom.FieldRef.FieldPath == "status.hostIP")
+	}
+	if !hasListen {
+		t.Errorf("env %+v lacks WEFT_LISTEN from status.hostIP", c.Env)
+	}
 	paths := map[string]bool{}
 	for _, v := range spec.Volumes {
 		if v.HostPath != nil {
