@@ -201,6 +201,9 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	if err != nil {
 		return err
 	}
+	if err := setLooseRPFilter(a.tun.Name(), a.log); err != nil {
+		return err
+	}
 	seed, err := parseIPAllocInit(cfg.IPAllocInit)
 	if err != nil {
 		return err
