@@ -9,14 +9,17 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -456,5 +459,21 @@ func TestPruneReclaims(t *testing.T) {
 	slices.Sort(names)
 	if !slices.Equal(names, []string{"kube-system/weft-reclaim-older-release", "weft-system/other-old", "weft-system/weft-reclaim-new"}) {
 		t.Errorf("left %v", names)
+	}
+}
+
+// A daemon of this release under an older manifest (rights on Leases in
+// kube-system only) is told what to apply.
+func TestClaimReclaimSaysWhatToApply(t *testing.T) {
+	client := fake.NewClientset()
+	client.PrependReactor("create", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, "", errors.New("no RBAC"))
+	})
+	_, err := ClaimReclaim(t.Context(), client, "dead", "a")
+	if err == nil || !strings.Contains(err.Error(), "apply deploy/weft.yaml") || !strings.Contains(err.Error(), LeaseNamespace) {
+		t.Errorf("ClaimReclaim refused = %v; want it to name %s and the manifest", err, LeaseNamespace)
+	}
+	if !apierrors.IsForbidden(err) {
+		t.Errorf("the API's error is not wrapped: %v", err)
 	}
 }
