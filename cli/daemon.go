@@ -73,7 +73,7 @@ enforce NetworkPolicy. Every flag can also be set with WEFT_<FLAG> (upper case,
 	f.StringVar(&cfg.Iface, "iface", cfg.Iface, "name of the tunnel device")
 	f.IntVar(&cfg.GossipPort, "gossip-port", cfg.GossipPort, "TCP and UDP port of the gossip")
 	f.IntVar(&cfg.WGPort, "wg-port", cfg.WGPort, "UDP port of WireGuard")
-	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "address of /metrics, /healthz and /readyz (empty: off)")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "address of /metrics, /healthz and /readyz; without a host (:6782), the --listen address and loopback; 0.0.0.0:6782 for every interface; empty: off")
 	f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig of the Kubernetes API (default: in-cluster config when in a pod)")
 	f.IntVar(&cfg.MTU, "mtu", 0, "MTU of the tunnel and pods (0: the underlay's MTU minus 80)")
 	f.BoolVar(&cfg.MSSClamp, "mss-clamp", cfg.MSSClamp, "lower the TCP MSS to and from each peer whose measured path MTU is below the tunnel's (false: measure and show only)")

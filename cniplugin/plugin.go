@@ -15,7 +15,7 @@
 //	pod netns                                node netns
 //	eth0 10.32.0.5/32  <==== veth ====>  wv1f2e3d4c5b6a7 (no address)
 //	169.254.1.1 dev eth0 scope link      10.32.0.5 dev wv1f2e3d4c5b6a7 scope link
-//	default via 169.254.1.1 dev eth0     proxy_arp=1, forwarding=1, proxy_delay=0
+//	default via 169.254.1.1 dev eth0     proxy_arp=1, forwarding=1, rp_filter=2, proxy_delay=0
 //	neigh 169.254.1.1 lladdr <host end's MAC> PERMANENT
 //
 // The pod holds its address as a /32 and routes everything to the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -36,6 +37,13 @@ func addOK(t *testing.T, n *node, list *libcni.NetworkConfigList, id string, pod
 func TestAddPlumbsPod(t *testing.T) {
 	n := newNode(t, cniplugintest.Config{})
 	list := n.conflist(t, "1.0.0", "")
+	// A node whose operator wants strict source validation host-wide:
+	// the plugin leaves it so and makes its own interfaces loose.
+	if err := n.ns.Do(func(ns.NetNS) error {
+		return os.WriteFile("/proc/sys/net/ipv4/conf/all/rp_filter", []byte("1"), 0o644)
+	}); err != nil {
+		t.Fatal(err)
+	}
 	before := snapshot(t, n.ns)
 	podA, podB := newNetns(t), newNetns(t)
 
@@ -97,7 +105,8 @@ func TestAddPlumbsPod(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for key, want := range map[string]string{"conf." + host + ".proxy_arp": "1", "conf." + host + ".forwarding": "1", "neigh." + host + ".proxy_delay": "0"} {
+	for key, want := range map[string]string{"conf." + host + ".proxy_arp": "1", "conf." + host + ".forwarding": "1",
+		"conf." + host + ".rp_filter": "2", "neigh." + host + ".proxy_delay": "0", "conf.all.rp_filter": "1"} {
 		if v := sysctlIn(t, n.ns, "net.ipv4."+key); v != want {
 			t.Errorf("net.ipv4.%s = %s, want %s", key, v, want)
 		}

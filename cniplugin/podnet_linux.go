@@ -29,8 +29,12 @@ type podNet struct {
 }
 
 // hostSysctls are set on the host end: answer the pod's ARP for the
-// gateway, and route what the pod sends.
-var hostSysctls = []string{"proxy_arp", "forwarding"}
+// gateway, route what the pod sends, and check its source loosely. Loose
+// (2), not off, because the kernel uses the larger of conf.all and the
+// interface's value: 2 holds on a host whose conf.all.rp_filter is 1
+// (strict), which the plugin leaves as the operator set it, and 0 would
+// not.
+var hostSysctls = [][2]string{{"proxy_arp", "1"}, {"forwarding", "1"}, {"rp_filter", "2"}}
 
 // handles are netlink sockets in the node's netns and in the pod's, opened
 // once per call: the setup then needs no thread that enters the pod's netns
@@ -101,9 +105,9 @@ func (p podNet) setupVeth(h handles) (created bool, err error) {
 
 // setHostSysctls sets what the host end needs to stand in for the gateway.
 func (p podNet) setHostSysctls() error {
-	for _, key := range hostSysctls {
-		if _, err := sysctl.Sysctl(fmt.Sprintf("net/ipv4/conf/%s/%s", p.HostVeth, key), "1"); err != nil {
-			return fmt.Errorf("set net.ipv4.conf.%s.%s=1: %w", p.HostVeth, key, err)
+	for _, kv := range hostSysctls {
+		if _, err := sysctl.Sysctl(fmt.Sprintf("net/ipv4/conf/%s/%s", p.HostVeth, kv[0]), kv[1]); err != nil {
+			return fmt.Errorf("set net.ipv4.conf.%s.%s=%s: %w", p.HostVeth, kv[0], kv[1], err)
 		}
 	}
 	// Answer proxied ARP at once, not after up to proxy_delay (0.8 s), for
@@ -277,10 +281,10 @@ func checkPod(p podNet) []string {
 func (p podNet) checkHost(l netlink.Link) []string {
 	var diffs []string
 	diffs = append(diffs, checkMTUUp(l, p.MTU)...)
-	for _, key := range hostSysctls {
-		name := fmt.Sprintf("net/ipv4/conf/%s/%s", p.HostVeth, key)
-		if v, err := sysctl.Sysctl(name); err != nil || strings.TrimSpace(v) != "1" {
-			diffs = append(diffs, fmt.Sprintf("%s is %q, want 1", strings.ReplaceAll(name, "/", "."), v))
+	for _, kv := range hostSysctls {
+		name := fmt.Sprintf("net/ipv4/conf/%s/%s", p.HostVeth, kv[0])
+		if v, err := sysctl.Sysctl(name); err != nil || strings.TrimSpace(v) != kv[1] {
+			diffs = append(diffs, fmt.Sprintf("%s is %q, want %s", strings.ReplaceAll(name, "/", "."), v, kv[1]))
 		}
 	}
 	routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4,

@@ -50,6 +50,8 @@ type agent struct {
 	pmtu     *pmtuProber // path MTU of every peer
 	probes   *pathProber // liveness of every direct path
 	metrics  *metrics
+	// healthAddrs are where /metrics, /healthz and /readyz are served.
+	healthAddrs []string
 
 	// The handoff socket: successors that ask for the data path arrive on
 	// successors (one at most is kept); successor is the one Run chose.
@@ -205,6 +207,11 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 		return err
 	}
 	a.underlay = u
+	if cfg.MetricsAddr != "" {
+		if a.healthAddrs, err = healthAddrs(cfg.MetricsAddr, u.Addr); err != nil {
+			return err
+		}
+	}
 	a.endpoint = cfg.AdvertiseEndpoint
 	if a.endpoint == "" {
 		a.endpoint = net.JoinHostPort(u.Addr.String(), strconv.Itoa(cfg.WGPort))
@@ -229,6 +236,9 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	// A daemon still running here hands its live tunnel over: it stops its
 	// gossip, API and state first, so that this one can open its own.
 	if err := a.openTunnel(ctx, a.takeOver(ctx)); err != nil {
+		return err
+	}
+	if err := setLooseRPFilter(a.tun.Name(), a.log); err != nil {
 		return err
 	}
 	seed, err := parseIPAllocInit(cfg.IPAllocInit)

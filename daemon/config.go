@@ -27,7 +27,7 @@ type Config struct {
 	Iface             string        // --iface; default weft
 	GossipPort        int           // --gossip-port; default 6783
 	WGPort            int           // --wg-port; default 6784
-	MetricsAddr       string        // --metrics-addr; default :6782
+	MetricsAddr       string        // --metrics-addr; default :6782 (no host: the underlay address and loopback, see healthAddrs)
 	Kubeconfig        string        // --kubeconfig
 	MTU               int           // --mtu; 0 = underlay MTU - 80
 	ResyncInterval    time.Duration // periodic full reconcile

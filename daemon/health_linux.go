@@ -16,7 +16,8 @@ import (
 func nowUnix() int64 { return time.Now().Unix() }
 
 // serveHealth serves /healthz (the process is alive), /readyz (pods can be
-// networked) and /metrics (Prometheus) on --metrics-addr.
+// networked) and /metrics (Prometheus) on --metrics-addr, resolved by
+// healthAddrs.
 func (a *agent) serveHealth(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -33,24 +34,50 @@ func (a *agent) serveHealth(ctx context.Context) error {
 	reg.MustRegister(metricsCollector{a}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(a.metrics.collectors()...)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
-	if err != nil {
-		return fmt.Errorf("listen on --metrics-addr %s: %w", a.cfg.MetricsAddr, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	select {
-	case err := <-done:
-		if !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve %s: %w", a.cfg.MetricsAddr, err)
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
 		}
-		return nil
+	}()
+	var addrs []string
+	for i, addr := range a.healthAddrs {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil && i > 0 {
+			// Loopback, a convenience beside the node's address.
+			a.log.Warn("not serving /metrics on loopback", "addr", addr, "err", err)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("listen on %s (--metrics-addr %s): %w", addr, a.cfg.MetricsAddr, err)
+		}
+		lns = append(lns, ln)
+		addrs = append(addrs, addr)
+	}
+	a.log.Info("serving /metrics, /healthz and /readyz", "addrs", addrs)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { done <- srv.Serve(ln) }()
+	}
+	var err error
+	pending := len(lns)
+	select {
+	case err = <-done:
+		pending--
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		} else {
+			err = fmt.Errorf("serve --metrics-addr %s: %w", a.cfg.MetricsAddr, err)
+		}
 	case <-ctx.Done():
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
-	<-done
-	return nil
+	// Every other Serve returns once Shutdown closed its listener.
+	for range pending {
+		<-done
+	}
+	return err
 }

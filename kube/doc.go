@@ -7,7 +7,7 @@
 //
 //	kube-system/Secret weft                   EnsureSecret   the cluster secret
 //	kube-system/ConfigMap weft-ipam-genesis   EnsureGenesis  pod CIDR and seed list of the ring
-//	kube-system/Lease weft-reclaim-<node>     ClaimReclaim   who reclaims a deleted Node's ranges
+//	weft-system/Lease weft-reclaim-<node>     ClaimReclaim   who reclaims a deleted Node's ranges
 //
 // How the daemon uses it, in order:
 //
@@ -23,8 +23,16 @@ package kube
 
 import "time"
 
-// Namespace is where weft keeps its objects.
+// Namespace is where weft keeps the objects that must outlive an
+// uninstall: the cluster secret and the IPAM genesis.
 const Namespace = "kube-system"
+
+// LeaseNamespace is weft's own namespace (deploy/weft.yaml creates it),
+// which holds the reclaim claims and nothing else. A namespace of its own
+// because RBAC cannot limit create to names: there, rights on every Lease
+// touch no Lease that is not weft's, such as the leader elections of the
+// scheduler and the controller manager in kube-system.
+const LeaseNamespace = "weft-system"
 
 // Annotations PublishNode writes on the daemon's own Node, for people and
 // tools to read; the public key also pins what that node's gossip may

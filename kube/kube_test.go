@@ -9,14 +9,17 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -389,6 +392,10 @@ func TestClaimReclaim(t *testing.T) {
 	if h, err := ReclaimHolder(ctx, client, "dead"); h != winners[0] || err != nil {
 		t.Errorf("ReclaimHolder = %q, %v", h, err)
 	}
+	// The claim lives in weft's own namespace, where RBAC grants leases.
+	if _, err := client.CoordinationV1().Leases(LeaseNamespace).Get(ctx, ReclaimLeaseName("dead"), metav1.GetOptions{}); err != nil {
+		t.Errorf("claim not in %s: %v", LeaseNamespace, err)
+	}
 	if _, err := ClaimReclaim(ctx, client, "live", "a"); !errors.Is(err, ErrNodeExists) {
 		t.Errorf("claim of a live node = %v, want ErrNodeExists", err)
 	}
@@ -426,29 +433,47 @@ func TestReclaimLeaseName(t *testing.T) {
 
 func TestPruneReclaims(t *testing.T) {
 	ctx := t.Context()
-	lease := func(name string, age time.Duration, component string) *coordinationv1.Lease {
+	lease := func(ns, name string, age time.Duration, component string) *coordinationv1.Lease {
 		return &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{
-			Namespace: Namespace, Name: name, UID: types.UID("uid-" + name),
+			Namespace: ns, Name: name, UID: types.UID("uid-" + ns + "-" + name),
 			CreationTimestamp: metav1.NewTime(time.Now().Add(-age)),
 			Labels:            map[string]string{labelName: labelNameValueWeft, labelComponent: component},
 		}}
 	}
 	client := fake.NewClientset(
-		lease("weft-reclaim-old", 25*time.Hour, componentReclaim),
-		lease("weft-reclaim-new", time.Minute, componentReclaim),
-		lease("other-old", 25*time.Hour, "else"),
+		lease(LeaseNamespace, "weft-reclaim-old", 25*time.Hour, componentReclaim),
+		lease(LeaseNamespace, "weft-reclaim-new", time.Minute, componentReclaim),
+		lease(LeaseNamespace, "other-old", 25*time.Hour, "else"),
+		// Outside weft's namespace, even with weft's labels: not touched.
+		lease("kube-system", "weft-reclaim-older-release", 25*time.Hour, componentReclaim),
 	)
 	n, err := PruneReclaims(ctx, client, 0)
 	if err != nil || n != 1 {
 		t.Fatalf("PruneReclaims = %d, %v; want 1", n, err)
 	}
-	list, _ := client.CoordinationV1().Leases(Namespace).List(ctx, metav1.ListOptions{})
+	list, _ := client.CoordinationV1().Leases("").List(ctx, metav1.ListOptions{})
 	var names []string
 	for _, l := range list.Items {
-		names = append(names, l.Name)
+		names = append(names, l.Namespace+"/"+l.Name)
 	}
 	slices.Sort(names)
-	if !slices.Equal(names, []string{"other-old", "weft-reclaim-new"}) {
+	if !slices.Equal(names, []string{"kube-system/weft-reclaim-older-release", "weft-system/other-old", "weft-system/weft-reclaim-new"}) {
 		t.Errorf("left %v", names)
+	}
+}
+
+// A daemon of this release under an older manifest (rights on Leases in
+// kube-system only) is told what to apply.
+func TestClaimReclaimSaysWhatToApply(t *testing.T) {
+	client := fake.NewClientset()
+	client.PrependReactor("create", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, "", errors.New("no RBAC"))
+	})
+	_, err := ClaimReclaim(t.Context(), client, "dead", "a")
+	if err == nil || !strings.Contains(err.Error(), "apply deploy/weft.yaml") || !strings.Contains(err.Error(), LeaseNamespace) {
+		t.Errorf("ClaimReclaim refused = %v; want it to name %s and the manifest", err, LeaseNamespace)
+	}
+	if !apierrors.IsForbidden(err) {
+		t.Errorf("the API's error is not wrapped: %v", err)
 	}
 }

@@ -14,11 +14,13 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// Reclaim claims are coordination.k8s.io Leases in kube-system, one per
+// Reclaim claims are coordination.k8s.io Leases in weft-system, one per
 // deleted Node, named weft-reclaim-<node>. A Lease rather than a ConfigMap
 // because it says what it is: who holds it (spec.holderIdentity) since when
 // (spec.acquireTime), and RBAC can grant leases without configmaps or
-// secrets. Nobody renews them; they are records of one decision.
+// secrets. They live in weft's own namespace (LeaseNamespace), since
+// create cannot be limited by name and delete must touch no other Lease.
+// Nobody renews them; they are records of one decision.
 //
 // Life of a claim:
 //
@@ -73,13 +75,13 @@ func ClaimReclaim(ctx context.Context, client kubernetes.Interface, deadNode, se
 	case !apierrors.IsNotFound(err):
 		return false, fmt.Errorf("claim reclaim of %s: check its Node is gone: %w", deadNode, err)
 	}
-	leases := client.CoordinationV1().Leases(Namespace)
+	leases := client.CoordinationV1().Leases(LeaseNamespace)
 	name := ReclaimLeaseName(deadNode)
 	now := metav1.NewMicroTime(time.Now())
 	lease := &coordinationv1.Lease{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        name,
-			Namespace:   Namespace,
+			Namespace:   LeaseNamespace,
 			Labels:      map[string]string{labelName: labelNameValueWeft, labelComponent: componentReclaim},
 			Annotations: map[string]string{annotationReclaim: deadNode},
 		},
@@ -90,11 +92,11 @@ func ClaimReclaim(ctx context.Context, client kubernetes.Interface, deadNode, se
 		return true, nil
 	}
 	if !apierrors.IsAlreadyExists(err) {
-		return false, fmt.Errorf("claim reclaim of %s: create Lease %s/%s (RBAC: leases create): %w", deadNode, Namespace, name, err)
+		return false, fmt.Errorf("claim reclaim of %s: create Lease %s/%s%s: %w", deadNode, LeaseNamespace, name, leaseHint(err, "create"), err)
 	}
 	got, err := leases.Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return false, fmt.Errorf("claim reclaim of %s: read Lease %s/%s: %w", deadNode, Namespace, name, err)
+		return false, fmt.Errorf("claim reclaim of %s: read Lease %s/%s: %w", deadNode, LeaseNamespace, name, err)
 	}
 	return got.Spec.HolderIdentity != nil && *got.Spec.HolderIdentity == self, nil
 }
@@ -102,7 +104,7 @@ func ClaimReclaim(ctx context.Context, client kubernetes.Interface, deadNode, se
 // ReclaimHolder returns the node that holds the claim on deadNode's
 // ranges, or "" when there is none.
 func ReclaimHolder(ctx context.Context, client kubernetes.Interface, deadNode string) (string, error) {
-	got, err := client.CoordinationV1().Leases(Namespace).Get(ctx, ReclaimLeaseName(deadNode), metav1.GetOptions{})
+	got, err := client.CoordinationV1().Leases(LeaseNamespace).Get(ctx, ReclaimLeaseName(deadNode), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return "", nil
 	}
@@ -119,9 +121,9 @@ func ReclaimHolder(ctx context.Context, client kubernetes.Interface, deadNode st
 // it for its own node at start: it is alive, so whatever reclaim happened
 // before is over, and a later deletion of its Node must be reclaimed anew.
 func ReleaseReclaim(ctx context.Context, client kubernetes.Interface, node string) error {
-	err := client.CoordinationV1().Leases(Namespace).Delete(ctx, ReclaimLeaseName(node), metav1.DeleteOptions{})
+	err := client.CoordinationV1().Leases(LeaseNamespace).Delete(ctx, ReclaimLeaseName(node), metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete old reclaim claim of %s (RBAC: leases delete): %w", node, err)
+		return fmt.Errorf("delete old reclaim claim of %s%s: %w", node, leaseHint(err, "delete"), err)
 	}
 	return nil
 }
@@ -134,10 +136,10 @@ func PruneReclaims(ctx context.Context, client kubernetes.Interface, ttl time.Du
 	if ttl <= 0 {
 		ttl = DefaultReclaimTTL
 	}
-	leases := client.CoordinationV1().Leases(Namespace)
+	leases := client.CoordinationV1().Leases(LeaseNamespace)
 	list, err := leases.List(ctx, metav1.ListOptions{LabelSelector: labelComponent + "=" + componentReclaim + "," + labelName + "=" + labelNameValueWeft})
 	if err != nil {
-		return 0, fmt.Errorf("list reclaim claims (RBAC: leases list): %w", err)
+		return 0, fmt.Errorf("list reclaim claims%s: %w", leaseHint(err, "list"), err)
 	}
 	cutoff := time.Now().Add(-ttl)
 	var n int
@@ -157,4 +159,14 @@ func PruneReclaims(ctx context.Context, client kubernetes.Interface, ttl time.Du
 		}
 	}
 	return n, errors.Join(errs...)
+}
+
+// leaseHint says what to do when a request on the claims is refused or
+// their namespace is missing: a daemon of this release under the manifest
+// of an older one, which granted leases in kube-system.
+func leaseHint(err error, verb string) string {
+	if apierrors.IsForbidden(err) || apierrors.IsNotFound(err) {
+		return fmt.Sprintf(" (needs the namespace %s and leases %s there: apply deploy/weft.yaml of this release)", LeaseNamespace, verb)
+	}
+	return ""
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -81,6 +82,9 @@ func TestKubeAPI(t *testing.T) {
 
 	t.Run("rbac grants what the daemon needs and no more", func(t *testing.T) {
 		checkRBAC(t, ctx, sa)
+	})
+	t.Run("cannot delete or change a Lease, Secret or ConfigMap that is not weft's", func(t *testing.T) {
+		checkCannotDelete(t, ctx, admin, sa)
 	})
 
 	for i, ip := range []string{"172.30.0.1", "172.30.0.2", "172.30.0.3"} {
@@ -371,12 +375,17 @@ func uninstallWeft(t *testing.T, ctx context.Context, lab apiAccess, objs []*uns
 		t.Error(err)
 	}
 	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=weft"}
-	if err := cs.CoordinationV1().Leases(ks).DeleteCollection(ctx, metav1.DeleteOptions{}, sel); err != nil {
-		t.Error(err)
+	// The reclaim claims live in weft-system, which `kubectl delete -f`
+	// deleted above (the namespace controller, which kubelab does not
+	// run, then removes what it holds); none are anywhere else.
+	leases, err := cs.CoordinationV1().Leases("").List(ctx, sel)
+	if err != nil {
+		t.Fatal(err)
 	}
-	leases, err := cs.CoordinationV1().Leases(ks).List(ctx, sel)
-	if err != nil || len(leases.Items) != 0 {
-		t.Errorf("leases left: %v, %v", leases, err)
+	for _, l := range leases.Items {
+		if l.Namespace != kube.LeaseNamespace {
+			t.Errorf("a claim outside %s: %s/%s", kube.LeaseNamespace, l.Namespace, l.Name)
+		}
 	}
 	secrets, err := cs.CoreV1().Secrets(ks).List(ctx, sel)
 	if err != nil || len(secrets.Items) != 0 {
@@ -427,7 +436,18 @@ func readManifest(t *testing.T, path string) []*unstructured.Unstructured {
 	for _, o := range objs {
 		kinds = append(kinds, o.GetKind()+"/"+o.GetName())
 	}
-	want := []string{"ServiceAccount/weft", "ClusterRole/weft", "ClusterRoleBinding/weft", "Role/weft", "RoleBinding/weft", "DaemonSet/weft"}
+	// The two Roles: one in kube-system, one in weft's own namespace.
+	var roleNS []string
+	for _, o := range objs {
+		if o.GetKind() == "Role" || o.GetKind() == "RoleBinding" {
+			roleNS = append(roleNS, o.GetNamespace())
+		}
+	}
+	if want := []string{"kube-system", "kube-system", kube.LeaseNamespace, kube.LeaseNamespace}; !slices.Equal(roleNS, want) {
+		t.Errorf("Roles and RoleBindings in %v, want %v", roleNS, want)
+	}
+	want := []string{"Namespace/weft-system", "ServiceAccount/weft", "ClusterRole/weft", "ClusterRoleBinding/weft",
+		"Role/weft", "RoleBinding/weft", "Role/weft", "RoleBinding/weft", "DaemonSet/weft"}
 	if !slices.Equal(kinds, want) {
 		t.Errorf("%s holds %v, want %v", path, kinds, want)
 	}
@@ -494,6 +514,15 @@ func applyObjects(t *testing.T, ctx context.Context, lab apiAccess, objs []*unst
 	}
 	if !hasNodeName {
 		t.Errorf("env %+v lacks WEFT_NODE_NAME from spec.nodeName", c.Env)
+	}
+	// The daemon listens on the Node's address, where the kubelet probes
+	// a hostNetwork pod, not on whatever holds the default route.
+	var hasListen bool
+	for _, e := range c.Env {
+		hasListen = hasListen || (e.Name == "WEFT_LISTEN" && e.ValueFrom != nil && e.ValueFrom.FieldRef.FieldPath == "status.hostIP")
+	}
+	if !hasListen {
+		t.Errorf("env %+v lacks WEFT_LISTEN from status.hostIP", c.Env)
 	}
 	paths := map[string]bool{}
 	for _, v := range spec.Volumes {
@@ -565,7 +594,7 @@ type rbacCheck struct {
 // uses (allowed) and for neighbours it must not have (denied).
 func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
 	t.Helper()
-	const ks = "kube-system"
+	const ks, ws = "kube-system", kube.LeaseNamespace
 	var checks []rbacCheck
 	for _, v := range []string{"get", "list", "watch", "patch"} {
 		checks = append(checks, rbacCheck{v, "", "nodes", "", "", "", true})
@@ -584,10 +613,10 @@ func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
 		rbacCheck{"create", "", "secrets", "", ks, "", true},
 		rbacCheck{"get", "", "configmaps", "", ks, "weft-ipam-genesis", true},
 		rbacCheck{"create", "", "configmaps", "", ks, "", true},
-		rbacCheck{"create", "coordination.k8s.io", "leases", "", ks, "", true},
-		rbacCheck{"get", "coordination.k8s.io", "leases", "", ks, "weft-reclaim-x", true},
-		rbacCheck{"list", "coordination.k8s.io", "leases", "", ks, "", true},
-		rbacCheck{"delete", "coordination.k8s.io", "leases", "", ks, "weft-reclaim-x", true},
+		rbacCheck{"create", "coordination.k8s.io", "leases", "", ws, "", true},
+		rbacCheck{"get", "coordination.k8s.io", "leases", "", ws, "weft-reclaim-x", true},
+		rbacCheck{"list", "coordination.k8s.io", "leases", "", ws, "", true},
+		rbacCheck{"delete", "coordination.k8s.io", "leases", "", ws, "weft-reclaim-x", true},
 
 		// What it must not do.
 		rbacCheck{"delete", "", "nodes", "", "", "node-0", false},
@@ -605,7 +634,10 @@ func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
 		rbacCheck{"update", "", "configmaps", "", ks, "weft-ipam-genesis", false},
 		rbacCheck{"create", "", "configmaps", "", "default", "", false},
 		rbacCheck{"create", "coordination.k8s.io", "leases", "", "default", "", false},
-		rbacCheck{"update", "coordination.k8s.io", "leases", "", ks, "weft-reclaim-x", false},
+		rbacCheck{"update", "coordination.k8s.io", "leases", "", ws, "weft-reclaim-x", false},
+		rbacCheck{"patch", "coordination.k8s.io", "leases", "", ws, "weft-reclaim-x", false},
+		rbacCheck{"create", "", "secrets", "", ws, "", false},
+		rbacCheck{"create", "", "configmaps", "", ws, "", false},
 		rbacCheck{"create", "", "pods", "", "default", "", false},
 		rbacCheck{"delete", "", "pods", "", "default", "x", false},
 		rbacCheck{"create", "", "pods", "exec", "default", "x", false},
@@ -614,6 +646,27 @@ func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
 		rbacCheck{"update", "apps", "daemonsets", "", ks, "weft", false},
 		rbacCheck{"escalate", "rbac.authorization.k8s.io", "clusterroles", "", "", "weft", false},
 	)
+	// Nothing that is not weft's can be deleted or changed: the Leases of
+	// leader election and of node heartbeats, other Secrets and
+	// ConfigMaps, in kube-system and elsewhere. (weft's own Secret and
+	// ConfigMap it cannot delete either; its claims it can, in its own
+	// namespace only.)
+	for _, o := range notWefts {
+		for _, v := range []string{"delete", "update", "patch", "deletecollection"} {
+			name := o.name
+			if v == "deletecollection" {
+				name = ""
+			}
+			checks = append(checks, rbacCheck{v, o.group, o.resource, "", o.ns, name, false})
+		}
+	}
+	for _, ns := range []string{ks, "default", "kube-node-lease", "kube-public"} {
+		checks = append(checks,
+			rbacCheck{"create", "coordination.k8s.io", "leases", "", ns, "", false},
+			rbacCheck{"get", "coordination.k8s.io", "leases", "", ns, "kube-scheduler", false},
+			rbacCheck{"list", "coordination.k8s.io", "leases", "", ns, "", false},
+		)
+	}
 	for _, c := range checks {
 		review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
 			ResourceAttributes: &authorizationv1.ResourceAttributes{
@@ -633,6 +686,96 @@ func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
 	err := sa.CoreV1().Nodes().Delete(ctx, "node-0", metav1.DeleteOptions{})
 	if !apierrors.IsForbidden(err) {
 		t.Errorf("delete node as weft: %v, want Forbidden", err)
+	}
+}
+
+// notWeft is an object weft must not delete or change.
+type notWeft struct{ group, resource, ns, name string }
+
+var notWefts = []notWeft{
+	{"coordination.k8s.io", "leases", "kube-system", "kube-scheduler"},
+	{"coordination.k8s.io", "leases", "kube-system", "kube-controller-manager"},
+	{"coordination.k8s.io", "leases", "kube-system", "weft-reclaim-x"}, // a claim of an older release
+	{"coordination.k8s.io", "leases", "kube-node-lease", "node-0"},
+	{"coordination.k8s.io", "leases", "default", "app-leader"},
+	{"", "secrets", "kube-system", "bootstrap-token-abcdef"},
+	{"", "secrets", "kube-system", "weft"}, // weft's, but never deleted by it
+	{"", "secrets", "default", "db-password"},
+	{"", "secrets", kube.LeaseNamespace, "planted"},
+	{"", "configmaps", "kube-system", "kube-proxy"},
+	{"", "configmaps", "kube-system", "coredns"},
+	{"", "configmaps", "kube-system", "weft-ipam-genesis"},
+	{"", "configmaps", "default", "app-config"},
+}
+
+// checkCannotDelete makes real objects that are not weft's (as an admin)
+// and tries, as the weft ServiceAccount, to delete each and to change its
+// labels: every request is Forbidden and every object is still there.
+func checkCannotDelete(t *testing.T, ctx context.Context, admin, sa kubernetes.Interface) {
+	t.Helper()
+	for _, ns := range []string{"kube-node-lease", kube.LeaseNamespace} {
+		_, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	patch := []byte(`{"metadata":{"labels":{"weft-was-here":"yes"}}}`)
+	for _, o := range notWefts {
+		if o.name == "weft" || o.name == "weft-ipam-genesis" {
+			continue // made by the daemons' subtests below
+		}
+		meta := metav1.ObjectMeta{Namespace: o.ns, Name: o.name}
+		var create, del, change, get func() error
+		switch o.resource {
+		case "leases":
+			c := admin.CoordinationV1().Leases(o.ns)
+			create = func() error {
+				_, err := c.Create(ctx, &coordinationv1.Lease{ObjectMeta: meta}, metav1.CreateOptions{})
+				return err
+			}
+			get = func() error { _, err := c.Get(ctx, o.name, metav1.GetOptions{}); return err }
+			del = func() error { return sa.CoordinationV1().Leases(o.ns).Delete(ctx, o.name, metav1.DeleteOptions{}) }
+			change = func() error {
+				_, err := sa.CoordinationV1().Leases(o.ns).Patch(ctx, o.name, types.MergePatchType, patch, metav1.PatchOptions{})
+				return err
+			}
+		case "secrets":
+			c := admin.CoreV1().Secrets(o.ns)
+			create = func() error {
+				_, err := c.Create(ctx, &corev1.Secret{ObjectMeta: meta}, metav1.CreateOptions{})
+				return err
+			}
+			get = func() error { _, err := c.Get(ctx, o.name, metav1.GetOptions{}); return err }
+			del = func() error { return sa.CoreV1().Secrets(o.ns).Delete(ctx, o.name, metav1.DeleteOptions{}) }
+			change = func() error {
+				_, err := sa.CoreV1().Secrets(o.ns).Patch(ctx, o.name, types.MergePatchType, patch, metav1.PatchOptions{})
+				return err
+			}
+		case "configmaps":
+			c := admin.CoreV1().ConfigMaps(o.ns)
+			create = func() error {
+				_, err := c.Create(ctx, &corev1.ConfigMap{ObjectMeta: meta}, metav1.CreateOptions{})
+				return err
+			}
+			get = func() error { _, err := c.Get(ctx, o.name, metav1.GetOptions{}); return err }
+			del = func() error { return sa.CoreV1().ConfigMaps(o.ns).Delete(ctx, o.name, metav1.DeleteOptions{}) }
+			change = func() error {
+				_, err := sa.CoreV1().ConfigMaps(o.ns).Patch(ctx, o.name, types.MergePatchType, patch, metav1.PatchOptions{})
+				return err
+			}
+		}
+		if err := create(); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatalf("create %s %s/%s: %v", o.resource, o.ns, o.name, err)
+		}
+		if err := del(); !apierrors.IsForbidden(err) {
+			t.Errorf("delete %s %s/%s as weft: %v, want Forbidden", o.resource, o.ns, o.name, err)
+		}
+		if err := change(); !apierrors.IsForbidden(err) {
+			t.Errorf("patch %s %s/%s as weft: %v, want Forbidden", o.resource, o.ns, o.name, err)
+		}
+		if err := get(); err != nil {
+			t.Errorf("%s %s/%s after weft's attempts: %v", o.resource, o.ns, o.name, err)
+		}
 	}
 }
 
