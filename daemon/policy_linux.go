@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"runtime/debug"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -131,10 +132,17 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) err
 		a.mu.Lock()
 		a.ruleSet = rs
 		a.explainer = policy.NewExplainer(in, rs)
-		if applier.Writes() != before || a.policyApplied.IsZero() {
+		first := a.policyApplied.IsZero()
+		if applier.Writes() != before || first {
 			a.policyApplied = time.Now()
 		}
 		a.mu.Unlock()
+		if first {
+			// The first LIST of a large cluster and the first compile
+			// leave garbage several times the size of the caches; an idle
+			// daemon would keep it as resident memory for minutes.
+			debug.FreeOSMemory()
+		}
 	}
 }
 
