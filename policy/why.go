@@ -72,12 +72,14 @@ func (r RuleRef) text(dir Direction) string {
 var decisionNames = map[DecisionKind]string{
 	NotLocal: "not-local", NotIsolated: "not-isolated", AllowedByPolicy: "allowed",
 	AllowedFromNode: "from-node", DefaultDeny: "denied", Loopback: "loopback", NotAPod: "not-a-pod",
+	AcceptedByCluster: "cluster-accepted", DeniedByCluster: "cluster-denied",
 }
 
 func (k DecisionKind) String() string { return decisionNames[k] }
 
 // MarshalText writes the kind's name: not-local, not-isolated, allowed,
-// from-node, denied, loopback or not-a-pod.
+// from-node, denied, loopback, not-a-pod, cluster-accepted or
+// cluster-denied.
 func (k DecisionKind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 
 // UnmarshalText reads what MarshalText writes.
