@@ -2,6 +2,7 @@ package policy
 
 import (
 	"cmp"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -284,6 +285,8 @@ func elemKey(e nftables.SetElement, fromKernel bool) string {
 	b.WriteByte('/')
 	b.WriteString(hex.EncodeToString(e.KeyEnd))
 	switch {
+	case e.VerdictData != nil && e.VerdictData.Kind != expr.VerdictJump:
+		fmt.Fprintf(&b, "->code:%d", e.VerdictData.Kind)
 	case e.VerdictData != nil:
 		b.WriteString("->" + e.VerdictData.Chain)
 	case fromKernel && len(e.Val) > 0:
@@ -292,18 +295,27 @@ func elemKey(e nftables.SetElement, fromKernel bool) string {
 	return b.String()
 }
 
-// verdictChain decodes the chain of a jump verdict (NFTA_VERDICT_CHAIN).
+// verdictChain decodes a verdict: the chain of a jump (NFTA_VERDICT_CHAIN),
+// else code:N of its NFTA_VERDICT_CODE, as elemKey writes them.
 func verdictChain(b []byte) string {
 	ad, err := netlink.NewAttributeDecoder(b)
 	if err != nil {
 		return "?"
 	}
+	ad.ByteOrder = binary.BigEndian
+	code, chain := "?", ""
 	for ad.Next() {
-		if ad.Type() == unix.NFTA_VERDICT_CHAIN {
-			return ad.String()
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		case unix.NFTA_VERDICT_CODE:
+			code = fmt.Sprintf("code:%d", int32(ad.Uint32()))
 		}
 	}
-	return "?"
+	if chain != "" {
+		return chain
+	}
+	return code
 }
 
 // diff says what differs between the kernel and the desired state; "" when

@@ -203,3 +203,24 @@ func describeTierInput(in Input) string {
 	}
 	return s
 }
+
+// mkCNP makes a ClusterNetworkPolicy whose subject is the namespace ns.
+func mkCNP(name string, tier cnp.Tier, prio int32, ns string) *cnp.ClusterNetworkPolicy {
+	return &cnp.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: cnp.ClusterNetworkPolicySpec{
+		Tier: tier, Priority: prio,
+		Subject: cnp.ClusterNetworkPolicySubject{Namespaces: sel(namespaceNameLabel, ns)},
+	}}
+}
+
+// withIngress adds an ingress rule from the namespace ns, for TCP ports
+// from-to (0: every protocol).
+func withIngress(p *cnp.ClusterNetworkPolicy, name string, a cnp.ClusterNetworkPolicyRuleAction, ns string, from, to int32) *cnp.ClusterNetworkPolicy {
+	r := cnp.ClusterNetworkPolicyIngressRule{Name: name, Action: a,
+		From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: sel(namespaceNameLabel, ns)}}}
+	if from > 0 {
+		r.Protocols = []cnp.ClusterNetworkPolicyProtocol{{TCP: &cnp.ClusterNetworkPolicyProtocolTCP{
+			DestinationPort: &cnp.Port{Range: &cnp.PortRange{Start: from, End: to}}}}}
+	}
+	p.Spec.Ingress = append(p.Spec.Ingress, r)
+	return p
+}
