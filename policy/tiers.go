@@ -153,9 +153,9 @@ func sortedClusterPolicies(in []*cnp.ClusterNetworkPolicy, tier cnp.Tier) []*cnp
 
 // box is a region before its rule is known.
 type box struct {
-	peer           AddrRange
+	peer               AddrRange
 	protoFrom, protoTo Proto
-	ports          PortRange
+	ports              PortRange
 }
 
 func (a box) overlaps(c box) bool {
