@@ -427,6 +427,12 @@ type PodSummary struct {
 	// IngressEntries and EgressEntries count the merged allow entries.
 	IngressEntries int `json:"ingressEntries"`
 	EgressEntries  int `json:"egressEntries"`
+	// The ClusterNetworkPolicies that select the pod, per tier and
+	// direction, in precedence order.
+	IngressAdmin    []string `json:"ingressAdmin"`
+	IngressBaseline []string `json:"ingressBaseline"`
+	EgressAdmin     []string `json:"egressAdmin"`
+	EgressBaseline  []string `json:"egressBaseline"`
 }
 
 // Summary lists the policies in force on this node and the local pods each
@@ -453,6 +459,8 @@ func (rs RuleSet) Summary() Summary {
 			Namespace: p.Namespace, Name: p.Name, IPs: ips,
 			Ingress: slices.Clone(p.Ingress.Policies), Egress: slices.Clone(p.Egress.Policies),
 			IngressEntries: len(p.Ingress.Allow), EgressEntries: len(p.Egress.Allow),
+			IngressAdmin: nonNil(p.Ingress.Admin.Policies), IngressBaseline: nonNil(p.Ingress.Baseline.Policies),
+			EgressAdmin: nonNil(p.Egress.Admin.Policies), EgressBaseline: nonNil(p.Egress.Baseline.Policies),
 		})
 		for _, pol := range p.Ingress.Policies {
 			ps := get(pol)
@@ -478,4 +486,11 @@ func (rs RuleSet) Summary() Summary {
 		}
 	}
 	return s
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return slices.Clone(s)
 }

@@ -47,7 +47,11 @@ type DirVerdict struct {
 	AllowedBy []RuleRef `json:"allowedBy,omitempty"`
 	// Nearest is, for a denial, the rule that came nearest to matching.
 	Nearest *NearMiss `json:"nearest,omitempty"`
-	Reason  string    `json:"reason"`
+	// Cluster is the ClusterNetworkPolicy rule that accepted or denied
+	// (decision cluster-accepted or cluster-denied) or, otherwise, the
+	// Admin rule that passed the packet on.
+	Cluster *ClusterRule `json:"cluster,omitempty"`
+	Reason  string       `json:"reason"`
 }
 
 // RuleRef names one rule: spec.ingress[Rule] or spec.egress[Rule] of a
@@ -254,7 +258,7 @@ func (e *Explainer) endpoint(a netip.Addr) Endpoint {
 
 // dirVerdict completes one direction's decision with the rules behind it.
 func (e *Explainer) dirVerdict(dir Direction, d Decision, pkt Packet) DirVerdict {
-	dv := DirVerdict{Decision: d.Kind, Allowed: d.Allowed(), Pod: d.Pod, Policies: []string{}}
+	dv := DirVerdict{Decision: d.Kind, Allowed: d.Allowed(), Pod: d.Pod, Policies: []string{}, Cluster: d.Cluster}
 	if d.Kind == NotLocal {
 		dv.Reason = d.describe(dir)
 		return dv
