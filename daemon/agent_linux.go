@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/weftnet/weft/cniplugin"
 	"github.com/weftnet/weft/crypto"
@@ -63,6 +64,7 @@ type agent struct {
 	savedMembers []string // gossip addresses last written to known-peers.json; reconcile loop only
 
 	kube          kubernetes.Interface // nil without Kubernetes
+	kubeREST      *rest.Config         // its config, for the ClusterNetworkPolicy client
 	nodes         *kube.Nodes
 	applier       *policy.Applier // nil without Kubernetes
 	drops         *policy.DropLog

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/weftnet/weft/api"
@@ -37,15 +38,16 @@ type PolicyStatus struct {
 	Applied   string                 `json:"applied,omitempty"` // when the rules last changed, RFC 3339
 }
 
-// policyLoop watches Pods, Namespaces and NetworkPolicies through
-// informers and keeps the nftables rules of this node's pods in step: a
+// policyLoop watches Pods, Namespaces, Nodes, NetworkPolicies and
+// ClusterNetworkPolicies through informers and keeps the nftables rules of this node's pods in step: a
 // change is compiled and applied as one atomic batch, and a periodic sync
 // repairs drift. The rules stay when the daemon stops.
-func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) error {
+func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface, restCfg *rest.Config) error {
 	f := informers.NewSharedInformerFactory(client, 0)
 	pods := f.Core().V1().Pods()
 	nss := f.Core().V1().Namespaces()
 	nps := f.Networking().V1().NetworkPolicies()
+	nodes := f.Core().V1().Nodes()
 	kick := make(chan struct{}, 1)
 	poke := func() {
 		select {
@@ -58,13 +60,24 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) err
 		UpdateFunc: func(any, any) { poke() },
 		DeleteFunc: func(any) { poke() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{pods.Informer(), nss.Informer(), nps.Informer()} {
+	for _, inf := range []cache.SharedIndexInformer{pods.Informer(), nss.Informer(), nps.Informer(), nodes.Informer()} {
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return fmt.Errorf("watch for NetworkPolicy: %w", err)
 		}
 	}
 	f.Start(ctx.Done())
 	defer f.Shutdown()
+	// ClusterNetworkPolicies, when their CRD is installed.
+	cnps := &clusterPolicies{cfg: restCfg, onChange: poke}
+	cnpCtx, cnpStop := context.WithCancel(ctx)
+	cnpDone := make(chan struct{})
+	go func() {
+		defer close(cnpDone)
+		if err := cnps.Run(cnpCtx); err != nil {
+			a.log.Warn("ClusterNetworkPolicies are not enforced", "err", err)
+		}
+	}()
+	defer func() { cnpStop(); <-cnpDone }()
 	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
 		if !ok && ctx.Err() == nil {
 			return fmt.Errorf("NetworkPolicy: the %v cache never synced", typ)
@@ -107,6 +120,9 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) err
 		podList, _ := pods.Lister().List(labels.Everything())
 		nsList, _ := nss.Lister().List(labels.Everything())
 		npList, _ := nps.Lister().List(labels.Everything())
+		nodeList, _ := nodes.Lister().List(labels.Everything())
+		in.Nodes = nodeList
+		in.ClusterPolicies = cnps.List()
 		in.Pods = append([]*corev1.Pod(nil), podList...)
 		in.Namespaces = nsList
 		in.Policies = append([]*networkingv1.NetworkPolicy(nil), npList...)
