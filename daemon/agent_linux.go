@@ -63,14 +63,15 @@ type agent struct {
 
 	savedMembers []string // gossip addresses last written to known-peers.json; reconcile loop only
 
-	kube          kubernetes.Interface // nil without Kubernetes
-	kubeREST      *rest.Config         // its config, for the ClusterNetworkPolicy client
-	nodes         *kube.Nodes
-	applier       *policy.Applier // nil without Kubernetes
-	drops         *policy.DropLog
-	ruleSet       policy.RuleSet
-	explainer     *policy.Explainer // the objects and rules in force; nil until the first apply
-	policyApplied time.Time
+	kube           kubernetes.Interface // nil without Kubernetes
+	kubeREST       *rest.Config         // its config, for the ClusterNetworkPolicy client
+	nodes          *kube.Nodes
+	applier        *policy.Applier // nil without Kubernetes
+	drops          *policy.DropLog
+	ruleSet        policy.RuleSet
+	clusterWatched bool              // ClusterNetworkPolicies are watched (their CRD is served)
+	explainer      *policy.Explainer // the objects and rules in force; nil until the first apply
+	policyApplied  time.Time
 }
 
 // knownPeer is a member as the reconcile loop last saw it, kept for ReapTime

@@ -44,6 +44,13 @@ func (c *clusterPolicies) List() []*cnp.ClusterNetworkPolicy {
 	return out
 }
 
+// Watching reports whether the CRD is served and the cache synced.
+func (c *clusterPolicies) Watching() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lister != nil
+}
+
 // Run waits for the CRD, then watches until ctx is done.
 func (c *clusterPolicies) Run(ctx context.Context) error {
 	disc, err := discovery.NewDiscoveryClientForConfig(c.cfg)

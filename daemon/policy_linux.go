@@ -28,14 +28,17 @@ const policyDebounce = 50 * time.Millisecond
 
 // PolicyStatus is `weft status policy --json`.
 type PolicyStatus struct {
-	Enforcing bool                   `json:"enforcing"`
-	Reason    string                 `json:"reason,omitempty"` // why not enforcing
-	Policies  []policy.PolicySummary `json:"policies"`
-	Pods      []policy.PodSummary    `json:"pods"`
-	Drops     []policy.DropCount     `json:"drops"`
-	Recent    []policy.Drop          `json:"recentDrops"` // sampled drops with their reason, oldest first
-	Warnings  []string               `json:"warnings,omitempty"`
-	Applied   string                 `json:"applied,omitempty"` // when the rules last changed, RFC 3339
+	Enforcing bool   `json:"enforcing"`
+	Reason    string `json:"reason,omitempty"` // why not enforcing
+	// ClusterPolicies: the ClusterNetworkPolicy CRD is served and watched,
+	// so the Admin and Baseline tiers are enforced too.
+	ClusterPolicies bool                   `json:"clusterNetworkPolicies"`
+	Policies        []policy.PolicySummary `json:"policies"`
+	Pods            []policy.PodSummary    `json:"pods"`
+	Drops           []policy.DropCount     `json:"drops"`
+	Recent          []policy.Drop          `json:"recentDrops"` // sampled drops with their reason, oldest first
+	Warnings        []string               `json:"warnings,omitempty"`
+	Applied         string                 `json:"applied,omitempty"` // when the rules last changed, RFC 3339
 }
 
 // policyLoop watches Pods, Namespaces, Nodes, NetworkPolicies and
@@ -123,6 +126,7 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface, res
 		nodeList, _ := nodes.Lister().List(labels.Everything())
 		in.Nodes = nodeList
 		in.ClusterPolicies = cnps.List()
+		watching := cnps.Watching()
 		in.Pods = append([]*corev1.Pod(nil), podList...)
 		in.Namespaces = nsList
 		in.Policies = append([]*networkingv1.NetworkPolicy(nil), npList...)
@@ -141,6 +145,7 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface, res
 		}
 		a.mu.Lock()
 		a.ruleSet = rs
+		a.clusterWatched = watching
 		a.explainer = policy.NewExplainer(in, rs)
 		if applier.Writes() != before || a.policyApplied.IsZero() {
 			a.policyApplied = time.Now()
@@ -218,14 +223,14 @@ func (a *agent) nodeAddrs() []netip.Addr {
 
 func (a *agent) policyStatus() (PolicyStatus, error) {
 	a.mu.Lock()
-	applier, rs, applied, dl := a.applier, a.ruleSet, a.policyApplied, a.drops
+	applier, rs, applied, dl, watched := a.applier, a.ruleSet, a.policyApplied, a.drops, a.clusterWatched
 	a.mu.Unlock()
 	if applier == nil {
 		return PolicyStatus{Reason: "NetworkPolicy is enforced only with Kubernetes (--kubeconfig or in a pod)",
 			Policies: []policy.PolicySummary{}, Pods: []policy.PodSummary{}, Drops: []policy.DropCount{}, Recent: []policy.Drop{}}, nil
 	}
 	sum := rs.Summary()
-	st := PolicyStatus{Enforcing: true, Policies: sum.Policies, Pods: sum.Pods, Warnings: rs.Warnings}
+	st := PolicyStatus{Enforcing: true, ClusterPolicies: watched, Policies: sum.Policies, Pods: sum.Pods, Warnings: rs.Warnings}
 	if !applied.IsZero() {
 		st.Applied = applied.UTC().Format(time.RFC3339)
 	}
