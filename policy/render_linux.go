@@ -258,12 +258,12 @@ func tierMap(dir Direction, t Tier, f family) *nftSet {
 
 func (s *nftSet) addRegions(pod netip.Addr, regions []Region, dropChain string, f family) {
 	for _, r := range regions {
-		if r.Rule.Action == ActionPass || !f.has(r.Peer.From) {
+		if r.Action == ActionPass || !f.has(r.Peer.From) {
 			continue
 		}
 		v := &expr.Verdict{Kind: expr.VerdictReturn}
 		word := "return"
-		if r.Rule.Action == ActionDeny {
+		if r.Action == ActionDeny {
 			v = &expr.Verdict{Kind: expr.VerdictJump, Chain: dropChain}
 			word = "jump " + dropChain
 		}
@@ -277,7 +277,7 @@ func (s *nftSet) addRegions(pod netip.Addr, regions []Region, dropChain string, 
 			if r.ProtoFrom != r.ProtoTo {
 				proto = fmt.Sprintf("%d-%d", r.ProtoFrom, r.ProtoTo)
 			}
-			return fmt.Sprintf("%s . %s . %s . %s : %s (%s[%d])", pod, r.Peer, proto, r.Ports, word, r.Rule.Policy, r.Rule.Index)
+			return fmt.Sprintf("%s . %s . %s . %s : %s", pod, r.Peer, proto, r.Ports, word)
 		})
 	}
 }

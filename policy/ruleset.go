@@ -165,7 +165,7 @@ type DirRules struct {
 func (d *DirRules) hasDeny() bool {
 	for _, t := range []*TierRules{&d.Admin, &d.Baseline} {
 		for _, r := range t.Regions {
-			if r.Rule.Action == ActionDeny {
+			if r.Action == ActionDeny {
 				return true
 			}
 		}
@@ -346,26 +346,26 @@ func (rs RuleSet) Allows(pkt Packet) (bool, Reason) {
 func decide(p *PodRules, dir Direction, peer netip.Addr, pkt Packet) Decision {
 	d := p.Dir(dir)
 	var passed *ClusterRule
-	if r, ok := d.Admin.lookup(peer, pkt.Proto, pkt.Port); ok {
-		switch r.Rule.Action {
+	if a, r, ok := d.Admin.lookup(peer, pkt.Proto, pkt.Port); ok {
+		switch a {
 		case ActionAccept:
-			return Decision{Kind: AcceptedByCluster, Pod: p.Key(), Cluster: &r.Rule}
+			return Decision{Kind: AcceptedByCluster, Pod: p.Key(), Cluster: &r}
 		case ActionDeny:
-			return Decision{Kind: DeniedByCluster, Pod: p.Key(), Cluster: &r.Rule}
+			return Decision{Kind: DeniedByCluster, Pod: p.Key(), Cluster: &r}
 		}
-		passed = &r.Rule
+		passed = &r
 	}
 	if d.Isolated() {
 		dec := decideNP(p, d, peer, pkt)
 		dec.Cluster = passed
 		return dec
 	}
-	if r, ok := d.Baseline.lookup(peer, pkt.Proto, pkt.Port); ok {
-		switch r.Rule.Action {
+	if a, r, ok := d.Baseline.lookup(peer, pkt.Proto, pkt.Port); ok {
+		switch a {
 		case ActionAccept:
-			return Decision{Kind: AcceptedByCluster, Pod: p.Key(), Cluster: &r.Rule}
+			return Decision{Kind: AcceptedByCluster, Pod: p.Key(), Cluster: &r}
 		case ActionDeny:
-			return Decision{Kind: DeniedByCluster, Pod: p.Key(), Cluster: &r.Rule}
+			return Decision{Kind: DeniedByCluster, Pod: p.Key(), Cluster: &r}
 		}
 	}
 	return Decision{Kind: NotIsolated, Pod: p.Key(), Cluster: passed}

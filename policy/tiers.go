@@ -82,14 +82,14 @@ func (r ClusterRule) text(dir Direction) string {
 }
 
 // Region is a box of traffic of one direction of a pod (peer addresses,
-// protocols, destination ports) and the rule that decides it. Protocols
-// without ports always have Ports == AllPorts.
+// protocols, destination ports) and the action of the first rule that
+// covers it. Protocols without ports always have Ports == AllPorts.
 type Region struct {
 	Peer      AddrRange
 	ProtoFrom Proto
 	ProtoTo   Proto
 	Ports     PortRange
-	Rule      ClusterRule
+	Action    Action
 }
 
 // Matches reports whether a packet with this peer, protocol and port lies
@@ -104,7 +104,7 @@ func (r Region) String() string {
 	if r.ProtoFrom != r.ProtoTo {
 		proto = fmt.Sprintf("%d-%d", r.ProtoFrom, r.ProtoTo)
 	}
-	return fmt.Sprintf("%s %s/%s %s %s[%d]", r.Peer, proto, r.Ports, r.Rule.Action, r.Rule.Policy, r.Rule.Index)
+	return fmt.Sprintf("%s %s/%s %s", r.Peer, proto, r.Ports, r.Action)
 }
 
 // TierRules is one tier of one direction of a local pod.
@@ -113,19 +113,33 @@ type TierRules struct {
 	// selects the pod and that have rules for this direction, in
 	// precedence order.
 	Policies []string
-	// Regions are disjoint and sorted; traffic in none of them is not
-	// decided by the tier.
+	// Regions are disjoint and sorted: what the kernel evaluates. Traffic
+	// in none of them is not decided by the tier.
 	Regions []Region
+	// boxes are the rules' traffic in precedence order, to name the rule
+	// behind a region's action.
+	boxes []ruleBox
 }
 
-// lookup returns the region that holds the packet, if any.
-func (t *TierRules) lookup(peer netip.Addr, proto Proto, port uint16) (Region, bool) {
+// lookup returns the action of the region that holds the packet and the
+// first rule that matches it, if any.
+func (t *TierRules) lookup(peer netip.Addr, proto Proto, port uint16) (Action, ClusterRule, bool) {
 	for _, r := range t.Regions {
 		if r.Matches(peer, proto, port) {
-			return r, true
+			return r.Action, t.rule(peer, proto, port), true
 		}
 	}
-	return Region{}, false
+	return 0, ClusterRule{}, false
+}
+
+// rule names the first rule that matches the packet.
+func (t *TierRules) rule(peer netip.Addr, proto Proto, port uint16) ClusterRule {
+	for _, b := range t.boxes {
+		if b.matches(peer, proto, port) {
+			return b.rule
+		}
+	}
+	return ClusterRule{}
 }
 
 // tierOf returns a pod's rules of one tier and direction.
@@ -208,13 +222,14 @@ func minAddr(a, b netip.Addr) netip.Addr {
 // clusterCompiler holds what the tiers share across pods.
 type clusterCompiler struct {
 	*compiler
-	nodes []*corev1.Node
-	cache map[string][]Region
+	nodes     []*corev1.Node
+	cache     map[string]TierRules
+	peerCache map[string]peersOfRule
 }
 
 // compileTiers fills the Admin and Baseline tiers of every local pod.
 func (c *compiler) compileTiers(in Input, rules []*PodRules, infos []*podInfo) {
-	cc := &clusterCompiler{compiler: c, nodes: in.Nodes, cache: map[string][]Region{}}
+	cc := &clusterCompiler{compiler: c, nodes: in.Nodes, cache: map[string]TierRules{}, peerCache: map[string]peersOfRule{}}
 	for _, t := range []struct {
 		api  cnp.Tier
 		tier Tier
@@ -271,32 +286,17 @@ func (cc *clusterCompiler) compileTier(tier Tier, dir Direction, pols []*cnp.Clu
 	}
 	tr.Policies = names
 	key := fmt.Sprint(tier, dir, names, addrFamilies(r.IPs))
-	if dir == Ingress {
+	if dir == Ingress && usesNamedPorts(pols) {
 		key += "\x00" + p.key // named ports resolve on the subject pod
 	}
-	if regs, ok := cc.cache[key]; ok {
-		tr.Regions = regs
+	if cached, ok := cc.cache[key]; ok {
+		tr.Regions, tr.boxes = cached.Regions, cached.boxes
 		return
 	}
-	var regions []Region
-	var covered []box
-	add := func(rule ClusterRule, boxes []box) {
-		for _, b := range boxes {
-			pieces := []box{b}
-			for _, c := range covered {
-				var next []box
-				for _, pc := range pieces {
-					next = append(next, pc.minus(c)...)
-				}
-				pieces = next
-				if len(pieces) == 0 {
-					break
-				}
-			}
-			for _, pc := range pieces {
-				covered = append(covered, pc)
-				regions = append(regions, Region{Peer: pc.peer, ProtoFrom: pc.protoFrom, ProtoTo: pc.protoTo, Ports: pc.ports, Rule: rule})
-			}
+	var boxes []ruleBox
+	add := func(rule ClusterRule, bs []box) {
+		for _, b := range bs {
+			boxes = append(boxes, ruleBox{b, rule})
 		}
 	}
 	fams := addrFamilies(r.IPs)
@@ -307,7 +307,7 @@ func (cc *clusterCompiler) compileTier(tier Tier, dir Direction, pols []*cnp.Clu
 				if !ok {
 					continue
 				}
-				peers := cc.ingressPeers(pol.Name, a, rule.From)
+				peers := cc.cachedIngressPeers(pol.Name, i, a, rule.From)
 				add(ClusterRule{tier, pol.Name, pol.Spec.Priority, i, rule.Name, a}, cc.boxes(pol.Name, peers, nil, rule.Protocols, p, fams))
 			}
 			continue
@@ -317,15 +317,26 @@ func (cc *clusterCompiler) compileTier(tier Tier, dir Direction, pols []*cnp.Clu
 			if !ok {
 				continue
 			}
-			peers, peerPods := cc.egressPeers(pol.Name, a, rule.To)
+			peers, peerPods := cc.cachedEgressPeers(pol.Name, i, a, rule.To)
 			add(ClusterRule{tier, pol.Name, pol.Spec.Priority, i, rule.Name, a}, cc.boxes(pol.Name, peers, peerPods, rule.Protocols, nil, fams))
 		}
 	}
-	slices.SortFunc(regions, func(a, b Region) int {
-		return cmp.Or(a.Peer.From.Compare(b.Peer.From), cmp.Compare(a.ProtoFrom, b.ProtoFrom), cmp.Compare(a.Ports.From, b.Ports.From))
-	})
-	cc.cache[key] = regions
-	tr.Regions = regions
+	tr.Regions, tr.boxes = resolve(boxes), boxes
+	cc.cache[key] = *tr
+}
+
+// usesNamedPorts reports whether an ingress rule of pols names a port.
+func usesNamedPorts(pols []*cnp.ClusterNetworkPolicy) bool {
+	for _, pol := range pols {
+		for _, r := range pol.Spec.Ingress {
+			for _, pr := range r.Protocols {
+				if pr.DestinationNamedPort != "" {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 func (cc *clusterCompiler) action(pol string, a cnp.ClusterNetworkPolicyRuleAction) (Action, bool) {
@@ -348,6 +359,33 @@ func failClosed(a Action) []AddrRange {
 		return nil
 	}
 	return []AddrRange{allV4, allV6}
+}
+
+type peersOfRule struct {
+	ranges []AddrRange
+	pods   map[*podInfo]bool
+}
+
+// cachedIngressPeers and cachedEgressPeers compute a rule's peers once for
+// all the pods its policy selects.
+func (cc *clusterCompiler) cachedIngressPeers(pol string, i int, a Action, peers []cnp.ClusterNetworkPolicyIngressPeer) []AddrRange {
+	key := fmt.Sprintf("in\x00%s\x00%d", pol, i)
+	if p, ok := cc.peerCache[key]; ok {
+		return p.ranges
+	}
+	r := cc.ingressPeers(pol, a, peers)
+	cc.peerCache[key] = peersOfRule{ranges: r}
+	return r
+}
+
+func (cc *clusterCompiler) cachedEgressPeers(pol string, i int, a Action, peers []cnp.ClusterNetworkPolicyEgressPeer) ([]AddrRange, map[*podInfo]bool) {
+	key := fmt.Sprintf("eg\x00%s\x00%d", pol, i)
+	if p, ok := cc.peerCache[key]; ok {
+		return p.ranges, p.pods
+	}
+	r, pods := cc.egressPeers(pol, a, peers)
+	cc.peerCache[key] = peersOfRule{r, pods}
+	return r, pods
 }
 
 // ingressPeers returns the source addresses of an ingress rule: the pods

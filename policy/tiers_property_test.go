@@ -182,6 +182,17 @@ func checkRegions(t *testing.T, seed uint64, rs RuleSet) {
 				if a.Peer.To.Less(a.Peer.From) || a.ProtoTo < a.ProtoFrom || a.Ports.To < a.Ports.From {
 					t.Fatalf("seed %d: pod %s: empty region %s", seed, p.Key(), a)
 				}
+				// The region's action is that of the first rule at its corners.
+				for _, peer := range []netip.Addr{a.Peer.From, a.Peer.To} {
+					for _, proto := range []Proto{a.ProtoFrom, a.ProtoTo} {
+						for _, port := range []uint16{a.Ports.From, a.Ports.To} {
+							tr := tr
+							if rule := tr.rule(peer, proto, port); rule.Policy == "" || rule.Action != a.Action {
+								t.Fatalf("seed %d: pod %s: region %s, but the first rule at %s %s/%d is %+v", seed, p.Key(), a, peer, proto, port, rule)
+							}
+						}
+					}
+				}
 				ab := box{a.Peer, a.ProtoFrom, a.ProtoTo, a.Ports}
 				for _, b := range tr.Regions[i+1:] {
 					if ab.overlaps(box{b.Peer, b.ProtoFrom, b.ProtoTo, b.Ports}) {

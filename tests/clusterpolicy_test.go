@@ -285,10 +285,13 @@ func testClusterPolicyTiming(t *testing.T, ctx context.Context, c *policyCluster
 		times = append(times, c.timeChange(t, ctx, "deny becomes pass", func() {
 			c.updateClusterPolicy(t, ctx, "flip", func(p *cnp.ClusterNetworkPolicy) { p.Spec.Ingress[0].Action = pass })
 		}))
-		times = append(times, c.timeChange(t, ctx, "priorities swap", func() {
-			c.updateClusterPolicy(t, ctx, "flip", func(p *cnp.ClusterNetworkPolicy) { p.Spec.Ingress[0].Action = deny; p.Spec.Priority = 30 })
+		times = append(times, c.timeChange(t, ctx, "pass becomes deny", func() {
+			c.updateClusterPolicy(t, ctx, "flip", func(p *cnp.ClusterNetworkPolicy) { p.Spec.Ingress[0].Action = deny })
 		}))
-		times = append(times, c.timeChange(t, ctx, "priorities swap back", func() {
+		times = append(times, c.timeChange(t, ctx, "deny falls below the accept", func() {
+			c.updateClusterPolicy(t, ctx, "flip", func(p *cnp.ClusterNetworkPolicy) { p.Spec.Priority = 30 })
+		}))
+		times = append(times, c.timeChange(t, ctx, "deny rises above the accept", func() {
 			c.updateClusterPolicy(t, ctx, "flip", func(p *cnp.ClusterNetworkPolicy) { p.Spec.Priority = 10 })
 		}))
 	}
@@ -378,8 +381,10 @@ func udpPort(n int32) cnp.ClusterNetworkPolicyProtocol {
 	return cnp.ClusterNetworkPolicyProtocol{UDP: &cnp.ClusterNetworkPolicyProtocolUDP{DestinationPort: &cnp.Port{Number: n}}}
 }
 
+// udpAll is every UDP port (the CRD refuses a protocol without a port).
 func udpAll() cnp.ClusterNetworkPolicyProtocol {
-	return cnp.ClusterNetworkPolicyProtocol{UDP: &cnp.ClusterNetworkPolicyProtocolUDP{}}
+	return cnp.ClusterNetworkPolicyProtocol{UDP: &cnp.ClusterNetworkPolicyProtocolUDP{
+		DestinationPort: &cnp.Port{Range: &cnp.PortRange{Start: 1, End: 65535}}}}
 }
 
 func namedPort(name string) cnp.ClusterNetworkPolicyProtocol {
