@@ -225,11 +225,23 @@ type clusterCompiler struct {
 	nodes     []*corev1.Node
 	cache     map[string]TierRules
 	peerCache map[string]peersOfRule
+	selectors map[*metav1.LabelSelector]labels.Selector
+}
+
+// sel converts a selector of a ClusterNetworkPolicy once.
+func (cc *clusterCompiler) sel(pol, what string, s *metav1.LabelSelector) labels.Selector {
+	if l, ok := cc.selectors[s]; ok {
+		return l
+	}
+	l := cc.selector("cluster/"+pol, what, s)
+	cc.selectors[s] = l
+	return l
 }
 
 // compileTiers fills the Admin and Baseline tiers of every local pod.
 func (c *compiler) compileTiers(in Input, rules []*PodRules, infos []*podInfo) {
-	cc := &clusterCompiler{compiler: c, nodes: in.Nodes, cache: map[string]TierRules{}, peerCache: map[string]peersOfRule{}}
+	cc := &clusterCompiler{compiler: c, nodes: in.Nodes, cache: map[string]TierRules{}, peerCache: map[string]peersOfRule{},
+		selectors: map[*metav1.LabelSelector]labels.Selector{}}
 	for _, t := range []struct {
 		api  cnp.Tier
 		tier Tier
@@ -256,7 +268,7 @@ func (cc *clusterCompiler) subjectSelects(pol *cnp.ClusterNetworkPolicy, p *podI
 	s := pol.Spec.Subject
 	switch {
 	case s.Namespaces != nil:
-		return cc.selector("cluster/"+pol.Name, "subject namespaces", s.Namespaces).Matches(cc.nsLabels[p.pod.Namespace])
+		return cc.sel(pol.Name, "subject namespaces", s.Namespaces).Matches(cc.nsLabels[p.pod.Namespace])
 	case s.Pods != nil:
 		return cc.namespacedPod(pol.Name, "subject pods", s.Pods, p)
 	}
@@ -265,9 +277,8 @@ func (cc *clusterCompiler) subjectSelects(pol *cnp.ClusterNetworkPolicy, p *podI
 }
 
 func (cc *clusterCompiler) namespacedPod(polName, what string, np *cnp.NamespacedPod, p *podInfo) bool {
-	key := "cluster/" + polName
-	return cc.selector(key, what+" namespaceSelector", &np.NamespaceSelector).Matches(cc.nsLabels[p.pod.Namespace]) &&
-		cc.selector(key, what+" podSelector", &np.PodSelector).Matches(p.labels)
+	return cc.sel(polName, what+" namespaceSelector", &np.NamespaceSelector).Matches(cc.nsLabels[p.pod.Namespace]) &&
+		cc.sel(polName, what+" podSelector", &np.PodSelector).Matches(p.labels)
 }
 
 // compileTier computes the regions of one tier and direction of a pod from
@@ -425,7 +436,7 @@ func (cc *clusterCompiler) egressPeers(pol string, a Action, peers []cnp.Cluster
 		}
 		if peer.Nodes != nil {
 			known = true
-			sel := cc.selector("cluster/"+pol, "peer nodes", peer.Nodes)
+			sel := cc.sel(pol, "peer nodes", peer.Nodes)
 			for _, n := range cc.nodes {
 				if n == nil || !sel.Matches(labels.Set(n.Labels)) {
 					continue
@@ -454,23 +465,39 @@ func (cc *clusterCompiler) egressPeers(pol string, a Action, peers []cnp.Cluster
 			out = append(out, failClosed(a)...)
 		}
 	}
+	out = coalesce(out)
 	// Pods inside networks count for named ports too.
 	for _, p := range cc.pods {
 		if !pods[p] {
 			for _, ip := range p.ips {
-				if inRanges(out, ip) {
+				if inSortedRanges(out, ip) {
 					pods[p] = true
 				}
 			}
 		}
 	}
-	return coalesce(out), pods
+	return out, pods
+}
+
+// inSortedRanges reports whether a lies in one of rs, which are sorted and
+// disjoint (as coalesce returns them).
+func inSortedRanges(rs []AddrRange, a netip.Addr) bool {
+	i, _ := slices.BinarySearchFunc(rs, a, func(r AddrRange, a netip.Addr) int {
+		if r.To.Compare(a) < 0 {
+			return -1
+		}
+		if r.From.Compare(a) > 0 {
+			return 1
+		}
+		return 0
+	})
+	return i < len(rs) && rs[i].Contains(a)
 }
 
 func (cc *clusterCompiler) peerPods(pol string, nsSel *metav1.LabelSelector, np *cnp.NamespacedPod) []*podInfo {
 	var out []*podInfo
 	if nsSel != nil {
-		sel := cc.selector("cluster/"+pol, "peer namespaces", nsSel)
+		sel := cc.sel(pol, "peer namespaces", nsSel)
 		for _, ns := range cc.nsNames {
 			if sel.Matches(cc.nsLabels[ns]) {
 				out = append(out, cc.byNS[ns]...)
@@ -560,7 +587,7 @@ func (cc *clusterCompiler) namedBoxes(name string, peers []AddrRange, peerPods m
 				continue
 			}
 			for _, ip := range pp.pod.ips {
-				if inRanges(peers, ip) && slices.Contains(fams, ip.BitLen()) {
+				if inSortedRanges(peers, ip) && slices.Contains(fams, ip.BitLen()) {
 					out = append(out, box{AddrRange{ip, ip}, proto, proto, PortRange{pp.port, pp.port}})
 				}
 			}
