@@ -42,6 +42,11 @@ type Applier struct {
 // allow element takes about 100 bytes.
 const elemsPerMessage = 512
 
+// flushAbove is how many element changes of one set make the applier
+// replace the set (delete it and add it whole, in the same atomic batch)
+// instead of deleting and adding elements one by one.
+var flushAbove = 2000
+
 // NewApplier returns an applier; it touches the kernel only when called.
 func NewApplier(cfg Config) *Applier {
 	cfg = cfg.withDefaults()
@@ -395,6 +400,10 @@ func (a *Applier) write(c *nftables.Conn, have *kernelState, want *nftState) err
 // them.
 func buildBatch(c *nftables.Conn, t *nftables.Table, have *kernelState, want *nftState) error {
 	c.AddTable(t)
+	// Rules go first: sets they use may be replaced below.
+	for _, ch := range have.chains {
+		c.FlushChain(&nftables.Chain{Name: ch.Name, Table: t})
+	}
 	ids := map[string]uint32{}
 	sets := make([]*nftables.Set, len(want.sets))
 	adds := make([][]nftables.SetElement, len(want.sets))
@@ -424,19 +433,29 @@ func buildBatch(c *nftables.Conn, t *nftables.Table, have *kernelState, want *nf
 				dels = append(dels, nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd})
 			}
 		}
-		for chunk := range slices.Chunk(dels, elemsPerMessage) {
-			if err := c.SetDeleteElements(&set, chunk); err != nil {
-				return fmt.Errorf("delete elements of set %s: %w", set.Name, err)
-			}
-		}
 		for _, e := range s.elems {
 			if _, ok := haveElems[elemKey(e, false)]; !ok {
 				adds[i] = append(adds[i], e)
 			}
 		}
-	}
-	for _, ch := range have.chains {
-		c.FlushChain(&nftables.Chain{Name: ch.Name, Table: t})
+		if len(dels) > 0 && len(dels)+len(adds[i]) > flushAbove {
+			// The kernel's concatenated-range sets (pipapo) pay for each
+			// element changed in proportion to the set's size; past a few
+			// thousand changes, replacing the set in the same batch (its
+			// rules are flushed first) is far cheaper.
+			c.DelSet(&set)
+			if err := c.AddSet(&set, nil); err != nil {
+				return fmt.Errorf("replace set %s: %w", set.Name, err)
+			}
+			ids[set.Name] = set.ID
+			adds[i] = s.elems
+			continue
+		}
+		for chunk := range slices.Chunk(dels, elemsPerMessage) {
+			if err := c.SetDeleteElements(&set, chunk); err != nil {
+				return fmt.Errorf("delete elements of set %s: %w", set.Name, err)
+			}
+		}
 	}
 	wantChains := map[string]bool{}
 	for _, ch := range want.chains {

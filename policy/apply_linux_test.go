@@ -183,6 +183,17 @@ func TestApplierTiersInNetns(t *testing.T) {
 	if got := a.Writes(); got != 1 {
 		t.Fatalf("writes after an unchanged apply = %d, want 1", got)
 	}
+	// Changes past flushAbove replace whole sets in the same batch.
+	defer func(v int) { flushAbove = v }(flushAbove)
+	flushAbove = 0
+	in := tiersInput()
+	in.ClusterPolicies = in.ClusterPolicies[1:]
+	for _, rs := range []RuleSet{Compile(in), rs} {
+		if err := a.Apply(rs); err != nil {
+			t.Fatalf("apply a changed rule set by replacing sets: %v", err)
+		}
+		checkInKernel(t, a, rs)
+	}
 	if err := a.Remove(); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
