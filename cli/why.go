@@ -137,7 +137,12 @@ func whyDirection(b *strings.Builder, dir policy.Direction, v policy.DirVerdict,
 		}
 		return strings.Join(out, ", ")
 	}
+	if c := v.Cluster; c != nil && v.Decision != policy.AcceptedByCluster && v.Decision != policy.DeniedByCluster {
+		fmt.Fprintf(b, "  passed on by %s ClusterNetworkPolicy %s %s[%d]\n", c.Tier, c.Policy, dir, c.Index)
+	}
 	switch v.Decision {
+	case policy.AcceptedByCluster, policy.DeniedByCluster:
+		fmt.Fprintf(b, "  %s\n", v.Reason)
 	case policy.NotAPod, policy.NotLocal:
 		fmt.Fprintf(b, "  %s is no pod's address; no policy judges it\n", end.IP)
 	case policy.NotIsolated:

@@ -12,6 +12,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 
 	"github.com/weftnet/weft/daemon"
 	"github.com/weftnet/weft/policy"
@@ -50,6 +51,22 @@ func TestPrintWhy(t *testing.T) {
 				}},
 			},
 		}},
+		// An Admin tier that denies HTTPS from y to x and passes the rest
+		// of y on to the NetworkPolicies.
+		ClusterPolicies: []*cnp.ClusterNetworkPolicy{{
+			ObjectMeta: metav1.ObjectMeta{Name: "guard"},
+			Spec: cnp.ClusterNetworkPolicySpec{
+				Tier: cnp.AdminTier, Priority: 5,
+				Subject: cnp.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "blue"}}},
+				Ingress: []cnp.ClusterNetworkPolicyIngressRule{
+					{Name: "no-https", Action: cnp.ClusterNetworkPolicyRuleActionDeny,
+						From:      []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "y"}}}},
+						Protocols: []cnp.ClusterNetworkPolicyProtocol{{TCP: &cnp.ClusterNetworkPolicyProtocolTCP{DestinationPort: &cnp.Port{Number: 443}}}}},
+					{Name: "rest-of-y", Action: cnp.ClusterNetworkPolicyRuleActionPass,
+						From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "y"}}}}},
+				},
+			},
+		}},
 	}
 	e := policy.NewExplainer(in, policy.Compile(in))
 	pkt := func(src, dst string, proto policy.Proto, port uint16) policy.Packet {
@@ -62,6 +79,7 @@ func TestPrintWhy(t *testing.T) {
 		pkt("10.40.0.4", "10.32.0.2", policy.ProtoTCP, 80),
 		pkt("10.40.0.3", "10.32.0.2", policy.ProtoICMP, 0),
 		pkt("192.168.1.1", "10.40.0.4", policy.ProtoUDP, 53),
+		pkt("10.40.0.4", "10.32.0.2", policy.ProtoTCP, 443),
 	} {
 		out.WriteString("# " + p.String() + "\n")
 		if err := printWhy(&out, daemon.WhyAnswer{AnsweredBy: "node-1", Verdict: e.WhyCluster(p, nil)}); err != nil {

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/weftnet/weft/cniplugin/install"
 	"github.com/weftnet/weft/crypto"
@@ -74,13 +75,15 @@ type agent struct {
 	savedMembers []string    // gossip addresses last written to known-peers.json; reconcile loop only
 	savedPeers   []savedPeer // what peers.json last got; reconcile loop only
 
-	kube          kubernetes.Interface // nil without Kubernetes
-	nodes         *kube.Nodes
-	applier       *policy.Applier // nil without Kubernetes
-	drops         *policy.DropLog
-	ruleSet       policy.RuleSet
-	explainer     *policy.Explainer // the objects and rules in force; nil until the first apply
-	policyApplied time.Time
+	kube           kubernetes.Interface // nil without Kubernetes
+	kubeREST       *rest.Config         // its config, for the ClusterNetworkPolicy client
+	nodes          *kube.Nodes
+	applier        *policy.Applier // nil without Kubernetes
+	drops          *policy.DropLog
+	ruleSet        policy.RuleSet
+	clusterWatched bool              // ClusterNetworkPolicies are watched (their CRD is served)
+	explainer      *policy.Explainer // the objects and rules in force; nil until the first apply
+	policyApplied  time.Time
 }
 
 // knownPeer is a member as the reconcile loop last saw it, kept for ReapTime

@@ -20,7 +20,7 @@ const nodesSyncTimeout = time.Minute
 // set one). Without Kubernetes it returns nothing and the daemon runs on
 // --peers alone.
 func (a *agent) setupKube(ctx context.Context, g *errgroup.Group) (seeds, genesis []string, err error) {
-	client, _, err := kube.NewClient(a.cfg.Kubeconfig)
+	client, restCfg, err := kube.NewClient(a.cfg.Kubeconfig)
 	if errors.Is(err, kube.ErrNoKubernetes) {
 		if a.cfg.IPAllocInit == "kube" {
 			return nil, nil, fmt.Errorf("--ipalloc-init kube needs Kubernetes: %w", err)
@@ -30,7 +30,7 @@ func (a *agent) setupKube(ctx context.Context, g *errgroup.Group) (seeds, genesi
 	if err != nil {
 		return nil, nil, err
 	}
-	a.kube = client
+	a.kube, a.kubeREST = client, restCfg
 	a.nodes, err = kube.NewNodes(kube.NodesConfig{
 		Client: client, Self: a.cfg.NodeName, UseExternalIP: a.cfg.UseExternalIP, Logger: a.log.With("part", "kube"),
 	})
@@ -119,7 +119,7 @@ func (a *agent) runKube(ctx context.Context, g *errgroup.Group) {
 	}
 	g.Go(func() error { return rec.Run(ctx) })
 	g.Go(func() error { return a.publishNode(ctx) })
-	g.Go(func() error { return a.policyLoop(ctx, a.kube) })
+	g.Go(func() error { return a.policyLoop(ctx, a.kube, a.kubeREST) })
 }
 
 // publishNode writes this node's public key, endpoint and tunnel address

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/weftnet/weft/api"
@@ -29,25 +30,29 @@ const policyDebounce = 50 * time.Millisecond
 
 // PolicyStatus is `weft status policy --json`.
 type PolicyStatus struct {
-	Enforcing bool                   `json:"enforcing"`
-	Reason    string                 `json:"reason,omitempty"` // why not enforcing
-	Policies  []policy.PolicySummary `json:"policies"`
-	Pods      []policy.PodSummary    `json:"pods"`
-	Drops     []policy.DropCount     `json:"drops"`
-	Recent    []policy.Drop          `json:"recentDrops"` // sampled drops with their reason, oldest first
-	Warnings  []string               `json:"warnings,omitempty"`
-	Applied   string                 `json:"applied,omitempty"` // when the rules last changed, RFC 3339
+	Enforcing bool   `json:"enforcing"`
+	Reason    string `json:"reason,omitempty"` // why not enforcing
+	// ClusterPolicies: the ClusterNetworkPolicy CRD is served and watched,
+	// so the Admin and Baseline tiers are enforced too.
+	ClusterPolicies bool                   `json:"clusterNetworkPolicies"`
+	Policies        []policy.PolicySummary `json:"policies"`
+	Pods            []policy.PodSummary    `json:"pods"`
+	Drops           []policy.DropCount     `json:"drops"`
+	Recent          []policy.Drop          `json:"recentDrops"` // sampled drops with their reason, oldest first
+	Warnings        []string               `json:"warnings,omitempty"`
+	Applied         string                 `json:"applied,omitempty"` // when the rules last changed, RFC 3339
 }
 
-// policyLoop watches Pods, Namespaces and NetworkPolicies through
-// informers and keeps the nftables rules of this node's pods in step: a
-// change is compiled and applied as one atomic batch, and a periodic sync
-// repairs drift. The rules stay when the daemon stops.
-func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) error {
+// policyLoop watches Pods, Namespaces, Nodes, NetworkPolicies and
+// ClusterNetworkPolicies through informers and keeps the nftables rules of
+// this node's pods in step: a change is compiled and applied as one atomic
+// batch, and a periodic sync repairs drift. The rules stay when the daemon stops.
+func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface, restCfg *rest.Config) error {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(kube.PolicyTransform))
 	pods := f.Core().V1().Pods()
 	nss := f.Core().V1().Namespaces()
 	nps := f.Networking().V1().NetworkPolicies()
+	nodes := f.Core().V1().Nodes()
 	kick := make(chan struct{}, 1)
 	poke := func() {
 		select {
@@ -60,13 +65,24 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) err
 		UpdateFunc: func(any, any) { poke() },
 		DeleteFunc: func(any) { poke() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{pods.Informer(), nss.Informer(), nps.Informer()} {
+	for _, inf := range []cache.SharedIndexInformer{pods.Informer(), nss.Informer(), nps.Informer(), nodes.Informer()} {
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return fmt.Errorf("watch for NetworkPolicy: %w", err)
 		}
 	}
 	f.Start(ctx.Done())
 	defer f.Shutdown()
+	// ClusterNetworkPolicies, when their CRD is installed.
+	cnps := &clusterPolicies{cfg: restCfg, onChange: poke}
+	cnpCtx, cnpStop := context.WithCancel(ctx)
+	cnpDone := make(chan struct{})
+	go func() {
+		defer close(cnpDone)
+		if err := cnps.Run(cnpCtx); err != nil {
+			a.log.Warn("ClusterNetworkPolicies are not enforced", "err", err)
+		}
+	}()
+	defer func() { cnpStop(); <-cnpDone }()
 	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
 		if !ok && ctx.Err() == nil {
 			return fmt.Errorf("NetworkPolicy: the %v cache never synced", typ)
@@ -111,6 +127,10 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) err
 		podList, _ := pods.Lister().List(labels.Everything())
 		nsList, _ := nss.Lister().List(labels.Everything())
 		npList, _ := nps.Lister().List(labels.Everything())
+		nodeList, _ := nodes.Lister().List(labels.Everything())
+		in.Nodes = nodeList
+		in.ClusterPolicies = cnps.List()
+		watching := cnps.Watching()
 		in.Pods = append([]*corev1.Pod(nil), podList...)
 		in.Namespaces = nsList
 		in.Policies = append([]*networkingv1.NetworkPolicy(nil), npList...)
@@ -131,6 +151,7 @@ func (a *agent) policyLoop(ctx context.Context, client kubernetes.Interface) err
 		}
 		a.mu.Lock()
 		a.ruleSet = rs
+		a.clusterWatched = watching
 		a.explainer = policy.NewExplainer(in, rs)
 		first := a.policyApplied.IsZero()
 		if applier.Writes() != before || first {
@@ -215,14 +236,14 @@ func (a *agent) nodeAddrs() []netip.Addr {
 
 func (a *agent) policyStatus() (PolicyStatus, error) {
 	a.mu.Lock()
-	applier, rs, applied, dl := a.applier, a.ruleSet, a.policyApplied, a.drops
+	applier, rs, applied, dl, watched := a.applier, a.ruleSet, a.policyApplied, a.drops, a.clusterWatched
 	a.mu.Unlock()
 	if applier == nil {
 		return PolicyStatus{Reason: "NetworkPolicy is enforced only with Kubernetes (--kubeconfig or in a pod)",
 			Policies: []policy.PolicySummary{}, Pods: []policy.PodSummary{}, Drops: []policy.DropCount{}, Recent: []policy.Drop{}}, nil
 	}
 	sum := rs.Summary()
-	st := PolicyStatus{Enforcing: true, Policies: sum.Policies, Pods: sum.Pods, Warnings: rs.Warnings}
+	st := PolicyStatus{Enforcing: true, ClusterPolicies: watched, Policies: sum.Policies, Pods: sum.Pods, Warnings: rs.Warnings}
 	if !applied.IsZero() {
 		st.Applied = applied.UTC().Format(time.RFC3339)
 	}

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"cmp"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -40,6 +41,11 @@ type Applier struct {
 // the element list is one attribute, whose length has 16 bits, and an IPv6
 // allow element takes about 100 bytes.
 const elemsPerMessage = 512
+
+// flushAbove is how many element changes of one set make the applier
+// replace the set (delete it and add it whole, in the same atomic batch)
+// instead of deleting and adding elements one by one.
+var flushAbove = 2000
 
 // NewApplier returns an applier; it touches the kernel only when called.
 func NewApplier(cfg Config) *Applier {
@@ -284,6 +290,8 @@ func elemKey(e nftables.SetElement, fromKernel bool) string {
 	b.WriteByte('/')
 	b.WriteString(hex.EncodeToString(e.KeyEnd))
 	switch {
+	case e.VerdictData != nil && e.VerdictData.Kind != expr.VerdictJump:
+		fmt.Fprintf(&b, "->code:%d", e.VerdictData.Kind)
 	case e.VerdictData != nil:
 		b.WriteString("->" + e.VerdictData.Chain)
 	case fromKernel && len(e.Val) > 0:
@@ -292,18 +300,27 @@ func elemKey(e nftables.SetElement, fromKernel bool) string {
 	return b.String()
 }
 
-// verdictChain decodes the chain of a jump verdict (NFTA_VERDICT_CHAIN).
+// verdictChain decodes a verdict: the chain of a jump (NFTA_VERDICT_CHAIN),
+// else code:N of its NFTA_VERDICT_CODE, as elemKey writes them.
 func verdictChain(b []byte) string {
 	ad, err := netlink.NewAttributeDecoder(b)
 	if err != nil {
 		return "?"
 	}
+	ad.ByteOrder = binary.BigEndian
+	code, chain := "?", ""
 	for ad.Next() {
-		if ad.Type() == unix.NFTA_VERDICT_CHAIN {
-			return ad.String()
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		case unix.NFTA_VERDICT_CODE:
+			code = fmt.Sprintf("code:%d", int32(ad.Uint32()))
 		}
 	}
-	return "?"
+	if chain != "" {
+		return chain
+	}
+	return code
 }
 
 // diff says what differs between the kernel and the desired state; "" when
@@ -383,6 +400,10 @@ func (a *Applier) write(c *nftables.Conn, have *kernelState, want *nftState) err
 // them.
 func buildBatch(c *nftables.Conn, t *nftables.Table, have *kernelState, want *nftState) error {
 	c.AddTable(t)
+	// Rules go first: sets they use may be replaced below.
+	for _, ch := range have.chains {
+		c.FlushChain(&nftables.Chain{Name: ch.Name, Table: t})
+	}
 	ids := map[string]uint32{}
 	sets := make([]*nftables.Set, len(want.sets))
 	adds := make([][]nftables.SetElement, len(want.sets))
@@ -412,19 +433,29 @@ func buildBatch(c *nftables.Conn, t *nftables.Table, have *kernelState, want *nf
 				dels = append(dels, nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd})
 			}
 		}
-		for chunk := range slices.Chunk(dels, elemsPerMessage) {
-			if err := c.SetDeleteElements(&set, chunk); err != nil {
-				return fmt.Errorf("delete elements of set %s: %w", set.Name, err)
-			}
-		}
 		for _, e := range s.elems {
 			if _, ok := haveElems[elemKey(e, false)]; !ok {
 				adds[i] = append(adds[i], e)
 			}
 		}
-	}
-	for _, ch := range have.chains {
-		c.FlushChain(&nftables.Chain{Name: ch.Name, Table: t})
+		if len(dels) > 0 && len(dels)+len(adds[i]) > flushAbove {
+			// The kernel's concatenated-range sets (pipapo) pay for each
+			// element changed in proportion to the set's size; past a few
+			// thousand changes, replacing the set in the same batch (its
+			// rules are flushed first) is far cheaper.
+			c.DelSet(&set)
+			if err := c.AddSet(&set, nil); err != nil {
+				return fmt.Errorf("replace set %s: %w", set.Name, err)
+			}
+			ids[set.Name] = set.ID
+			adds[i] = s.elems
+			continue
+		}
+		for chunk := range slices.Chunk(dels, elemsPerMessage) {
+			if err := c.SetDeleteElements(&set, chunk); err != nil {
+				return fmt.Errorf("delete elements of set %s: %w", set.Name, err)
+			}
+		}
 	}
 	wantChains := map[string]bool{}
 	for _, ch := range want.chains {

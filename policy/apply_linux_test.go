@@ -165,3 +165,36 @@ func TestApplierInNetns(t *testing.T) {
 		t.Fatalf("second remove: %v", err)
 	}
 }
+
+// TestApplierTiersInNetns applies the ClusterNetworkPolicy tier maps (with
+// return and jump verdicts) and checks that an unchanged rule set writes
+// nothing, so the verdicts read back from the kernel compare equal.
+func TestApplierTiersInNetns(t *testing.T) {
+	n := throwawayNetns(t)
+	a := NewApplier(Config{NetNS: int(n.Fd())})
+	rs := Compile(tiersInput())
+	if err := a.Apply(rs); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	checkInKernel(t, a, rs)
+	if err := a.Apply(Compile(tiersInput())); err != nil {
+		t.Fatalf("re-apply: %v", err)
+	}
+	if got := a.Writes(); got != 1 {
+		t.Fatalf("writes after an unchanged apply = %d, want 1", got)
+	}
+	// Changes past flushAbove replace whole sets in the same batch.
+	defer func(v int) { flushAbove = v }(flushAbove)
+	flushAbove = 0
+	in := tiersInput()
+	in.ClusterPolicies = in.ClusterPolicies[1:]
+	for _, rs := range []RuleSet{Compile(in), rs} {
+		if err := a.Apply(rs); err != nil {
+			t.Fatalf("apply a changed rule set by replacing sets: %v", err)
+		}
+		checkInKernel(t, a, rs)
+	}
+	if err := a.Remove(); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+}

@@ -85,3 +85,59 @@ func BenchmarkApply(b *testing.B) {
 		b.Fatal(err)
 	}
 }
+
+// BenchmarkApplyTiers writes the big rule set with 100
+// ClusterNetworkPolicies into a throwaway namespace: the first load, a
+// change (one ClusterNetworkPolicy fewer, alternating) and an unchanged
+// apply.
+func BenchmarkApplyTiers(b *testing.B) {
+	in := benchTiersInput()
+	rsA := Compile(in)
+	in.ClusterPolicies = in.ClusterPolicies[1:]
+	rsB := Compile(in)
+	b.Run("initial", func(b *testing.B) {
+		for b.Loop() {
+			b.StopTimer()
+			n := throwawayNetns(b)
+			a := NewApplier(Config{NetNS: int(n.Fd())})
+			b.StartTimer()
+			if err := a.Apply(rsA); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	n := throwawayNetns(b)
+	a := NewApplier(Config{NetNS: int(n.Fd())})
+	if err := a.Apply(rsA); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("change", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			rs := rsB
+			if i%2 == 1 {
+				rs = rsA
+			}
+			i++
+			if err := a.Apply(rs); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("unchanged", func(b *testing.B) {
+		for b.Loop() {
+			if err := a.Apply(rsA); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	st := render(rsA, Config{}.withDefaults())
+	elems := 0
+	for _, s := range st.sets {
+		elems += len(s.elems)
+	}
+	b.ReportMetric(float64(elems), "elements")
+	if err := a.Remove(); err != nil {
+		b.Fatal(err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 // Input is everything the compiler looks at. The objects are read, never
@@ -23,6 +24,12 @@ type Input struct {
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
 	Policies   []*networkingv1.NetworkPolicy
+	// ClusterPolicies are the ClusterNetworkPolicies (Admin and Baseline
+	// tiers).
+	ClusterPolicies []*cnp.ClusterNetworkPolicy
+	// Nodes are the cluster's nodes, for ClusterNetworkPolicy egress peers
+	// that select nodes.
+	Nodes []*corev1.Node
 	// NodeAddrs are this node's own addresses; traffic from them to local
 	// pods is always allowed (kubelet probes).
 	NodeAddrs []netip.Addr
@@ -93,6 +100,13 @@ func Compile(in Input) RuleSet {
 	}
 	for _, pol := range sortedPolicies(in.Policies) {
 		c.compilePolicy(pol, local)
+	}
+	if len(in.ClusterPolicies) > 0 {
+		rules := make([]*PodRules, len(order))
+		for i, p := range order {
+			rules[i] = local[p]
+		}
+		c.compileTiers(in, rules, order)
 	}
 	// Egress depends only on the selecting policies: pods selected by the
 	// same ones share their merged entries.

@@ -16,6 +16,9 @@ func refAllows(in Input, pkt Packet) bool {
 		Namespaces: in.Namespaces,
 		Policies:   in.Policies,
 		NodeAddrs:  in.NodeAddrs,
+
+		ClusterPolicies: in.ClusterPolicies,
+		Nodes:           in.Nodes,
 	}, policytest.Packet{Src: pkt.Src, Dst: pkt.Dst, Proto: refProtocol(pkt.Proto), Port: pkt.Port})
 }
 

@@ -25,8 +25,10 @@ import (
 //		ct state established,related accept
 //		jump pol-egress }
 //	chain pol-egress {
+//		meta nfproto ipv4 ip saddr . ip daddr . meta l4proto . th dport vmap @pol-egress-admin4      (Admin tier)
 //		meta nfproto ipv4 ip saddr . ip daddr . meta l4proto . th dport @pol-egress-allow4 return
 //		meta nfproto ipv4 ip saddr vmap @pol-egress-drop4            (isolated pod -> its drop chain)
+//		meta nfproto ipv4 ip saddr . ip daddr . meta l4proto . th dport vmap @pol-egress-baseline4   (Baseline tier)
 //		... the same for ipv6 }
 //	chain pol-ingress {
 //		meta nfproto ipv4 ip saddr @pol-node4 return                  (from this node)
@@ -36,7 +38,8 @@ import (
 //		limit rate 5/second burst 5 packets log prefix "weft drop ingress ns/pod: " group 87
 //		counter name "pol-drop-in-10-32-0-5" drop }
 //
-// The allow sets are concatenations with intervals (local pod . peer range .
+// The tier maps send Accept regions to return and Deny regions to the pod's
+// drop chain; Pass regions are absent. The allow sets are concatenations with intervals (local pod . peer range .
 // protocol range . port range), so a packet costs a constant number of
 // lookups however many policies and peers there are.
 
@@ -119,15 +122,18 @@ func render(rs RuleSet, cfg Config) *nftState {
 		ingress.rules = append(ingress.rules, lookupRule(f, node.set.Name, "saddr"))
 		for _, dir := range []Direction{Egress, Ingress} {
 			allow, drop := allowSet(dir, f), dropMap(dir, f)
+			admin, baseline := tierMap(dir, TierAdmin, f), tierMap(dir, TierBaseline, f)
 			for i := range rs.Pods {
 				p := &rs.Pods[i]
 				d := p.Dir(dir)
-				if !d.Isolated() {
-					continue
-				}
 				chain := dropChainName(p, dir)
 				for _, ip := range p.IPs {
 					if !f.has(ip) {
+						continue
+					}
+					admin.addRegions(ip, d.Admin.Regions, chain, f)
+					if !d.Isolated() { // NetworkPolicy decides for the pods it isolates
+						baseline.addRegions(ip, d.Baseline.Regions, chain, f)
 						continue
 					}
 					drop.addVerdict(ip, chain)
@@ -138,18 +144,19 @@ func render(rs RuleSet, cfg Config) *nftState {
 					}
 				}
 			}
-			st.sets = append(st.sets, allow, drop)
+			st.sets = append(st.sets, admin, allow, drop, baseline)
 			c := egress
 			if dir == Ingress {
 				c = ingress
 			}
-			c.rules = append(c.rules, allowRule(f, dir, allow.set.Name), vmapRule(f, dir, drop.set.Name))
+			c.rules = append(c.rules, tierRule(f, dir, admin.set.Name), allowRule(f, dir, allow.set.Name),
+				vmapRule(f, dir, drop.set.Name), tierRule(f, dir, baseline.set.Name))
 		}
 	}
 	for i := range rs.Pods {
 		p := &rs.Pods[i]
 		for _, dir := range []Direction{Ingress, Egress} {
-			if p.Dir(dir).Isolated() {
+			if d := p.Dir(dir); d.Isolated() || d.hasDeny() {
 				name := dropChainName(p, dir)
 				st.chains = append(st.chains, dropChain(name, p, dir, cfg))
 				st.counters = append(st.counters, name)
@@ -231,6 +238,63 @@ func (s *nftSet) addEntry(pod netip.Addr, e Entry) {
 		}
 		return fmt.Sprintf("%s . %s . %s . %s", pod, e.Peer, proto, ports)
 	})
+}
+
+// tierMap is the verdict map of one ClusterNetworkPolicy tier: local pod .
+// peer range . protocol range . port range : return (Accept) or jump to the
+// pod's drop chain (Deny). Pass regions are left out, so the packet goes
+// on to the next tier.
+func tierMap(dir Direction, t Tier, f family) *nftSet {
+	word, _, _ := dirWord(dir)
+	return &nftSet{set: nftables.Set{
+		Name:          "pol-" + word + "-" + strings.ToLower(t.String()) + f.suffix,
+		KeyType:       nftables.MustConcatSetType(f.keyType, f.keyType, nftables.TypeInetProto, nftables.TypeInetService),
+		DataType:      nftables.TypeVerdict,
+		IsMap:         true,
+		Interval:      true,
+		Concatenation: true,
+	}}
+}
+
+func (s *nftSet) addRegions(pod netip.Addr, regions []Region, dropChain string, f family) {
+	for _, r := range regions {
+		if r.Action == ActionPass || !f.has(r.Peer.From) {
+			continue
+		}
+		v := &expr.Verdict{Kind: expr.VerdictReturn}
+		word := "return"
+		if r.Action == ActionDeny {
+			v = &expr.Verdict{Kind: expr.VerdictJump, Chain: dropChain}
+			word = "jump " + dropChain
+		}
+		s.elems = append(s.elems, nftables.SetElement{
+			Key:         concatKey(pod, r.Peer.From, byte(r.ProtoFrom), r.Ports.From),
+			KeyEnd:      concatKey(pod, r.Peer.To, byte(r.ProtoTo), r.Ports.To),
+			VerdictData: v,
+		})
+		s.text = append(s.text, func() string {
+			proto := fmt.Sprint(uint8(r.ProtoFrom))
+			if r.ProtoFrom != r.ProtoTo {
+				proto = fmt.Sprintf("%d-%d", r.ProtoFrom, r.ProtoTo)
+			}
+			return fmt.Sprintf("%s . %s . %s . %s : %s", pod, r.Peer, proto, r.Ports, word)
+		})
+	}
+}
+
+func tierRule(f family, dir Direction, set string) nftRule {
+	_, self, peer := dirWord(dir)
+	words := f.addrLen / 4
+	r := uint32(unix.NFT_REG32_00)
+	ex := append(matchFamily(f),
+		loadAddr(f, self, r),
+		loadAddr(f, peer, r+words),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r + 2*words},
+		&expr.Payload{DestRegister: r + 2*words + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: r, DestRegister: 0, IsDestRegSet: true, SetName: set})
+	text := fmt.Sprintf("meta nfproto ipv%s %s %s . %s %s . meta l4proto . th dport vmap @%s",
+		f.suffix, f.name, self, f.name, peer, set)
+	return nftRule{text, ex}
 }
 
 // concatKey encodes a concatenation; every field is padded to 4 bytes.

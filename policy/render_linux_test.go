@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata")
@@ -42,6 +43,50 @@ func goldenInput() Input {
 	}
 }
 
+// tiersInput is goldenInput with an Admin policy that denies y to x/a on
+// TCP 8080, accepts y's DNS and passes the rest of y, and a Baseline
+// policy that denies everything else into x.
+func tiersInput() Input {
+	in := goldenInput()
+	in.Policies = in.Policies[2:] // only x/db isolates, for ingress
+	in.ClusterPolicies = []*cnp.ClusterNetworkPolicy{
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "guard-x"},
+			Spec: cnp.ClusterNetworkPolicySpec{
+				Tier: cnp.AdminTier, Priority: 10,
+				Subject: cnp.ClusterNetworkPolicySubject{Pods: &cnp.NamespacedPod{
+					NamespaceSelector: *sel("kubernetes.io/metadata.name", "x"), PodSelector: *sel("app", "web")}},
+				Ingress: []cnp.ClusterNetworkPolicyIngressRule{
+					{Name: "no-http", Action: cnp.ClusterNetworkPolicyRuleActionDeny,
+						From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: sel("team", "blue")}},
+						Protocols: []cnp.ClusterNetworkPolicyProtocol{{TCP: &cnp.ClusterNetworkPolicyProtocolTCP{
+							DestinationPort: &cnp.Port{Number: 8080}}}}},
+					{Name: "rest", Action: cnp.ClusterNetworkPolicyRuleActionPass,
+						From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: sel("team", "blue")}}},
+				},
+				Egress: []cnp.ClusterNetworkPolicyEgressRule{
+					{Name: "dns", Action: cnp.ClusterNetworkPolicyRuleActionAccept,
+						To: []cnp.ClusterNetworkPolicyEgressPeer{{Networks: []cnp.CIDR{"10.96.0.0/12"}}},
+						Protocols: []cnp.ClusterNetworkPolicyProtocol{{UDP: &cnp.ClusterNetworkPolicyProtocolUDP{
+							DestinationPort: &cnp.Port{Range: &cnp.PortRange{Start: 53, End: 54}}}}}},
+				},
+			},
+		},
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "baseline-x"},
+			Spec: cnp.ClusterNetworkPolicySpec{
+				Tier: cnp.BaselineTier, Priority: 5,
+				Subject: cnp.ClusterNetworkPolicySubject{Namespaces: sel("kubernetes.io/metadata.name", "x")},
+				Ingress: []cnp.ClusterNetworkPolicyIngressRule{
+					{Action: cnp.ClusterNetworkPolicyRuleActionDeny,
+						From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}}},
+				},
+			},
+		},
+	}
+	return in
+}
+
 func TestRenderGolden(t *testing.T) {
 	tests := []struct {
 		name string
@@ -51,6 +96,7 @@ func TestRenderGolden(t *testing.T) {
 		{"empty", Input{NodeName: testNode}, Config{}},
 		{"node", goldenInput(), Config{}},
 		{"node-nolog", goldenInput(), Config{NoLog: true, LogRate: 10}},
+		{"tiers", tiersInput(), Config{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -155,6 +155,27 @@ type DirRules struct {
 	// Allow is the union of Grants as disjoint entries, sorted: what the
 	// applier renders and what Allows evaluates.
 	Allow []Entry
+	// Admin and Baseline are the ClusterNetworkPolicy tiers, decided
+	// before and after the NetworkPolicies.
+	Admin, Baseline TierRules
+}
+
+// hasDeny reports whether a tier may drop traffic of this direction, so
+// the pod needs a drop chain.
+func (d *DirRules) hasDeny() bool {
+	for _, t := range []*TierRules{&d.Admin, &d.Baseline} {
+		for _, r := range t.Regions {
+			if r.Action == ActionDeny {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// judged reports whether any policy of any tier may judge this direction.
+func (d *DirRules) judged() bool {
+	return d.Isolated() || len(d.Admin.Regions) > 0 || len(d.Baseline.Regions) > 0
 }
 
 // Isolated reports whether some policy selects the pod for this direction.
@@ -225,6 +246,12 @@ const (
 	// NotAPod: the address is no pod's anywhere in the cluster (an
 	// outside address, a node), so no policy judges this direction.
 	NotAPod
+	// AcceptedByCluster: a ClusterNetworkPolicy rule (Decision.Cluster)
+	// accepts the packet.
+	AcceptedByCluster
+	// DeniedByCluster: a ClusterNetworkPolicy rule (Decision.Cluster)
+	// denies the packet.
+	DeniedByCluster
 )
 
 // Decision is the verdict of one direction.
@@ -232,10 +259,14 @@ type Decision struct {
 	Kind     DecisionKind
 	Pod      string   // namespace/name of the local pod, unless NotLocal
 	Policies []string // see DecisionKind
+	// Cluster is the ClusterNetworkPolicy rule that decided
+	// (AcceptedByCluster, DeniedByCluster) or, for other kinds, the Admin
+	// rule that passed the packet on to NetworkPolicy, if one did.
+	Cluster *ClusterRule
 }
 
 // Allowed reports whether this direction lets the packet pass.
-func (d Decision) Allowed() bool { return d.Kind != DefaultDeny }
+func (d Decision) Allowed() bool { return d.Kind != DefaultDeny && d.Kind != DeniedByCluster }
 
 func (d Decision) describe(dir Direction) string {
 	switch d.Kind {
@@ -251,6 +282,10 @@ func (d Decision) describe(dir Direction) string {
 		return fmt.Sprintf("%s: pod %s talks to itself", dir, d.Pod)
 	case NotAPod:
 		return dir.String() + ": not a pod; no policy judges it"
+	case AcceptedByCluster:
+		return fmt.Sprintf("%s of pod %s accepted by %s", dir, d.Pod, d.Cluster.text(dir))
+	case DeniedByCluster:
+		return fmt.Sprintf("%s of pod %s denied by %s", dir, d.Pod, d.Cluster.text(dir))
 	}
 	return fmt.Sprintf("default deny: pod %s is selected for %s by %s and no rule matched",
 		d.Pod, dir, policyList(d.Policies))
@@ -297,7 +332,7 @@ func (rs RuleSet) Allows(pkt Packet) (bool, Reason) {
 		r.Egress = decide(p, Egress, pkt.Dst, pkt)
 	}
 	if p := rs.podByIP(pkt.Dst); p != nil {
-		if slices.Contains(rs.NodeAddrs, pkt.Src) && p.Ingress.Isolated() {
+		if slices.Contains(rs.NodeAddrs, pkt.Src) && p.Ingress.judged() {
 			r.Ingress = Decision{Kind: AllowedFromNode, Pod: p.Key()}
 		} else {
 			r.Ingress = decide(p, Ingress, pkt.Src, pkt)
@@ -306,11 +341,37 @@ func (rs RuleSet) Allows(pkt Packet) (bool, Reason) {
 	return r.Egress.Allowed() && r.Ingress.Allowed(), r
 }
 
+// decide runs the tiers: Admin, then NetworkPolicy for a pod it isolates,
+// then Baseline. Accept and Deny are final; Pass goes on to the next tier.
 func decide(p *PodRules, dir Direction, peer netip.Addr, pkt Packet) Decision {
 	d := p.Dir(dir)
-	if !d.Isolated() {
-		return Decision{Kind: NotIsolated, Pod: p.Key()}
+	var passed *ClusterRule
+	if a, r, ok := d.Admin.lookup(peer, pkt.Proto, pkt.Port); ok {
+		switch a {
+		case ActionAccept:
+			return Decision{Kind: AcceptedByCluster, Pod: p.Key(), Cluster: &r}
+		case ActionDeny:
+			return Decision{Kind: DeniedByCluster, Pod: p.Key(), Cluster: &r}
+		}
+		passed = &r
 	}
+	if d.Isolated() {
+		dec := decideNP(p, d, peer, pkt)
+		dec.Cluster = passed
+		return dec
+	}
+	if a, r, ok := d.Baseline.lookup(peer, pkt.Proto, pkt.Port); ok {
+		switch a {
+		case ActionAccept:
+			return Decision{Kind: AcceptedByCluster, Pod: p.Key(), Cluster: &r}
+		case ActionDeny:
+			return Decision{Kind: DeniedByCluster, Pod: p.Key(), Cluster: &r}
+		}
+	}
+	return Decision{Kind: NotIsolated, Pod: p.Key(), Cluster: passed}
+}
+
+func decideNP(p *PodRules, d *DirRules, peer netip.Addr, pkt Packet) Decision {
 	allowed := false
 	for _, e := range d.Allow {
 		if e.Matches(peer, pkt.Proto, pkt.Port) {
@@ -366,6 +427,12 @@ type PodSummary struct {
 	// IngressEntries and EgressEntries count the merged allow entries.
 	IngressEntries int `json:"ingressEntries"`
 	EgressEntries  int `json:"egressEntries"`
+	// The ClusterNetworkPolicies that select the pod, per tier and
+	// direction, in precedence order.
+	IngressAdmin    []string `json:"ingressAdmin"`
+	IngressBaseline []string `json:"ingressBaseline"`
+	EgressAdmin     []string `json:"egressAdmin"`
+	EgressBaseline  []string `json:"egressBaseline"`
 }
 
 // Summary lists the policies in force on this node and the local pods each
@@ -392,6 +459,8 @@ func (rs RuleSet) Summary() Summary {
 			Namespace: p.Namespace, Name: p.Name, IPs: ips,
 			Ingress: slices.Clone(p.Ingress.Policies), Egress: slices.Clone(p.Egress.Policies),
 			IngressEntries: len(p.Ingress.Allow), EgressEntries: len(p.Egress.Allow),
+			IngressAdmin: nonNil(p.Ingress.Admin.Policies), IngressBaseline: nonNil(p.Ingress.Baseline.Policies),
+			EgressAdmin: nonNil(p.Egress.Admin.Policies), EgressBaseline: nonNil(p.Egress.Baseline.Policies),
 		})
 		for _, pol := range p.Ingress.Policies {
 			ps := get(pol)
@@ -417,4 +486,11 @@ func (rs RuleSet) Summary() Summary {
 		}
 	}
 	return s
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return slices.Clone(s)
 }

@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 // podNS wires a "pod" namespace to the forwarding "node" namespace with a
@@ -280,6 +281,41 @@ func TestTrafficThroughNode(t *testing.T) {
 	}
 	check("egress 81 only", false, true)
 
+	// ClusterNetworkPolicy tiers. An Admin Deny beats the NetworkPolicy
+	// that allows all ingress, and the drop log names its rule.
+	const (
+		accept = cnp.ClusterNetworkPolicyRuleActionAccept
+		deny   = cnp.ClusterNetworkPolicyRuleActionDeny
+		pass   = cnp.ClusterNetworkPolicyRuleActionPass
+	)
+	in.Policies = []*networkingv1.NetworkPolicy{mkPolicy("y", "all-in", &metav1.LabelSelector{}, ingressRule(nil))}
+	in.ClusterPolicies = []*cnp.ClusterNetworkPolicy{withIngress(mkCNP("guard", cnp.AdminTier, 10, "y"), "no-81", deny, "x", 81, 81)}
+	check("admin deny beats allow", true, false)
+	waitDrop(t, dl, "y/b", 81, `Admin ClusterNetworkPolicy guard (priority 10) ingress[0] "no-81"`)
+
+	// An Admin Accept beats a NetworkPolicy default deny.
+	in.Policies = []*networkingv1.NetworkPolicy{mkPolicy("y", "deny-in", &metav1.LabelSelector{}, types(networkingv1.PolicyTypeIngress))}
+	in.ClusterPolicies = []*cnp.ClusterNetworkPolicy{withIngress(mkCNP("open", cnp.AdminTier, 5, "y"), "http", accept, "x", 80, 80)}
+	check("admin accept beats deny", true, false)
+
+	// Pass (priority 1) hands 80 to the next tiers before the Deny of
+	// priority 2 sees it; with no NetworkPolicy and no Baseline it passes.
+	in.Policies = nil
+	in.ClusterPolicies = []*cnp.ClusterNetworkPolicy{
+		withIngress(mkCNP("z-pass", cnp.AdminTier, 1, "y"), "", pass, "x", 80, 80),
+		withIngress(mkCNP("a-deny", cnp.AdminTier, 2, "y"), "", deny, "x", 0, 0),
+	}
+	check("pass then deny", true, false)
+	// A Baseline Deny catches what was passed ...
+	in.ClusterPolicies = append(in.ClusterPolicies, withIngress(mkCNP("base", cnp.BaselineTier, 1, "y"), "", deny, "x", 0, 0))
+	check("baseline deny", false, false)
+	waitDrop(t, dl, "y/b", 80, "Baseline ClusterNetworkPolicy base (priority 1) ingress[0]")
+	// ... unless a NetworkPolicy selects the pod.
+	in.Policies = []*networkingv1.NetworkPolicy{mkPolicy("y", "all-in", &metav1.LabelSelector{}, ingressRule(nil))}
+	check("networkpolicy overrides baseline", true, false)
+	in.Policies, in.ClusterPolicies = nil, nil
+	check("no policy again", true, true)
+
 	if err := a.Remove(); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
@@ -288,4 +324,20 @@ func TestTrafficThroughNode(t *testing.T) {
 			t.Errorf("after Remove: %s is still blocked", dst)
 		}
 	}
+}
+
+// waitDrop waits for a sampled drop of pod's ingress to port whose reason
+// holds want.
+func waitDrop(t *testing.T, dl *DropLog, pod string, port uint16, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, d := range dl.Recent() {
+			if d.Pod == pod && d.Port == port && strings.Contains(d.Reason, want) {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond) // polling the drop log
+	}
+	t.Fatalf("no sampled drop of %s port %d with reason %q: %+v", pod, port, want, dl.Recent())
 }

@@ -47,7 +47,11 @@ type DirVerdict struct {
 	AllowedBy []RuleRef `json:"allowedBy,omitempty"`
 	// Nearest is, for a denial, the rule that came nearest to matching.
 	Nearest *NearMiss `json:"nearest,omitempty"`
-	Reason  string    `json:"reason"`
+	// Cluster is the ClusterNetworkPolicy rule that accepted or denied
+	// (decision cluster-accepted or cluster-denied) or, otherwise, the
+	// Admin rule that passed the packet on.
+	Cluster *ClusterRule `json:"cluster,omitempty"`
+	Reason  string       `json:"reason"`
 }
 
 // RuleRef names one rule: spec.ingress[Rule] or spec.egress[Rule] of a
@@ -72,12 +76,14 @@ func (r RuleRef) text(dir Direction) string {
 var decisionNames = map[DecisionKind]string{
 	NotLocal: "not-local", NotIsolated: "not-isolated", AllowedByPolicy: "allowed",
 	AllowedFromNode: "from-node", DefaultDeny: "denied", Loopback: "loopback", NotAPod: "not-a-pod",
+	AcceptedByCluster: "cluster-accepted", DeniedByCluster: "cluster-denied",
 }
 
 func (k DecisionKind) String() string { return decisionNames[k] }
 
 // MarshalText writes the kind's name: not-local, not-isolated, allowed,
-// from-node, denied, loopback or not-a-pod.
+// from-node, denied, loopback, not-a-pod, cluster-accepted or
+// cluster-denied.
 func (k DecisionKind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 
 // UnmarshalText reads what MarshalText writes.
@@ -252,7 +258,7 @@ func (e *Explainer) endpoint(a netip.Addr) Endpoint {
 
 // dirVerdict completes one direction's decision with the rules behind it.
 func (e *Explainer) dirVerdict(dir Direction, d Decision, pkt Packet) DirVerdict {
-	dv := DirVerdict{Decision: d.Kind, Allowed: d.Allowed(), Pod: d.Pod, Policies: []string{}}
+	dv := DirVerdict{Decision: d.Kind, Allowed: d.Allowed(), Pod: d.Pod, Policies: []string{}, Cluster: d.Cluster}
 	if d.Kind == NotLocal {
 		dv.Reason = d.describe(dir)
 		return dv

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 // whyInput: namespaces x (team=blue) and y (no team); pods x/a (app=web,
@@ -277,4 +278,41 @@ func FuzzParsePortProto(f *testing.F) {
 			t.Fatalf("%s does not parse back: %v", proto, err)
 		}
 	})
+}
+
+// TestWhyNamesClusterRule: a packet denied by an Admin rule and one denied
+// by a Baseline rule each say which ClusterNetworkPolicy and rule.
+func TestWhyNamesClusterRule(t *testing.T) {
+	in := Input{
+		NodeName:   testNode,
+		Namespaces: []*corev1.Namespace{mkNS("x", nil), mkNS("y", nil)},
+		Pods: []*corev1.Pod{
+			mkPod("x", "a", "10.0.1.1", nil),
+			mkPod("y", "b", "10.0.2.1", nil),
+		},
+		ClusterPolicies: []*cnp.ClusterNetworkPolicy{
+			withIngress(mkCNP("guard", cnp.AdminTier, 3, "y"), "no-81", cnp.ClusterNetworkPolicyRuleActionDeny, "x", 81, 81),
+			withIngress(mkCNP("base", cnp.BaselineTier, 7, "y"), "", cnp.ClusterNetworkPolicyRuleActionDeny, "x", 0, 0),
+			withIngress(mkCNP("ok", cnp.AdminTier, 1, "y"), "web", cnp.ClusterNetworkPolicyRuleActionAccept, "x", 80, 80),
+		},
+	}
+	e := NewExplainer(in, Compile(in))
+	for _, tt := range []struct {
+		port    uint16
+		allowed bool
+		kind    DecisionKind
+		reason  string
+	}{
+		{81, false, DeniedByCluster, `ingress of pod y/b denied by Admin ClusterNetworkPolicy guard (priority 3) ingress[0] "no-81"`},
+		{82, false, DeniedByCluster, `ingress of pod y/b denied by Baseline ClusterNetworkPolicy base (priority 7) ingress[0]`},
+		{80, true, AcceptedByCluster, `ingress of pod y/b accepted by Admin ClusterNetworkPolicy ok (priority 1) ingress[0] "web"`},
+	} {
+		v := e.Why(tcp("10.0.1.1", "10.0.2.1", tt.port))
+		if v.Allowed != tt.allowed || v.Ingress.Decision != tt.kind || v.Ingress.Cluster == nil {
+			t.Errorf("port %d: allowed %v, ingress %s, cluster %+v; want %v, %s", tt.port, v.Allowed, v.Ingress.Decision, v.Ingress.Cluster, tt.allowed, tt.kind)
+		}
+		if !strings.Contains(v.Reason, tt.reason) {
+			t.Errorf("port %d: reason %q, want it to hold %q", tt.port, v.Reason, tt.reason)
+		}
+	}
 }

@@ -22,6 +22,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	cnpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
+
 	"github.com/weftnet/weft/api"
 	"github.com/weftnet/weft/daemon"
 	"github.com/weftnet/weft/netlab"
@@ -74,8 +76,12 @@ func (p *policyPod) String() string { return p.ns + "/" + p.name }
 // pairs talk within a node and most across).
 type policyCluster struct {
 	client kubernetes.Interface
+	rest   *rest.Config // the client's config, for other API groups
 	nodes  []*netlab.Node
 	pods   []*policyPod // x/a, x/b, x/c, y/a, ...
+	// cnp, once set (the ClusterNetworkPolicy CRD is installed), makes
+	// the expected matrix include the ClusterNetworkPolicies.
+	cnp cnpclient.Interface
 }
 
 // newPolicyCluster builds the cluster and waits until every pod reaches
@@ -122,7 +128,7 @@ func newPolicyCluster(t *testing.T, ctx context.Context) *policyCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &policyCluster{client: client, nodes: nodes}
+	c := &policyCluster{client: client, rest: cfg, nodes: nodes}
 	for _, ns := range policyNamespaces {
 		labels := map[string]string{"ns": ns}
 		if ns != "z" {
@@ -300,10 +306,27 @@ func (c *policyCluster) expected(t *testing.T, ctx context.Context) matrix {
 	for i := range pols.Items {
 		polPtrs = append(polPtrs, &pols.Items[i])
 	}
+	in := policytest.Input{Pods: podPtrs, Namespaces: nsPtrs, Policies: polPtrs}
+	if c.cnp != nil {
+		cnps, err := c.cnp.PolicyV1alpha2().ClusterNetworkPolicies().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range cnps.Items {
+			in.ClusterPolicies = append(in.ClusterPolicies, &cnps.Items[i])
+		}
+		nodes, err := c.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range nodes.Items {
+			in.Nodes = append(in.Nodes, &nodes.Items[i])
+		}
+	}
 	m := matrix{}
 	for _, pr := range c.allProbes() {
 		pkt := policytest.Packet{Src: c.pods[pr.from].ip, Dst: c.pods[pr.to].ip, Proto: pr.port.proto, Port: pr.port.port}
-		m[pr] = policytest.Reference(podPtrs, nsPtrs, polPtrs, pkt)
+		m[pr] = policytest.ReferenceInput(in, pkt)
 	}
 	return m
 }

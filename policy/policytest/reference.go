@@ -1,5 +1,6 @@
-// Package policytest holds a slow, obviously right NetworkPolicy evaluator
-// written from the networking.k8s.io/v1 API documentation. It shares no code
+// Package policytest holds a slow, obviously right NetworkPolicy and
+// ClusterNetworkPolicy evaluator written from the networking.k8s.io/v1 and
+// policy.networking.k8s.io/v1alpha2 API documentation. It shares no code
 // with package policy's compiler: for one packet it walks through every
 // policy and decides. The compiler's property tests and the end-to-end
 // reachability matrix in tests/ both take their expected answers from it.
@@ -17,6 +18,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 // Input is one node's view of the cluster.
@@ -28,6 +30,11 @@ type Input struct {
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
 	Policies   []*networkingv1.NetworkPolicy
+	// ClusterPolicies are the ClusterNetworkPolicies of the Admin and
+	// Baseline tiers.
+	ClusterPolicies []*cnp.ClusterNetworkPolicy
+	// Nodes are the cluster's nodes, for egress peers that select nodes.
+	Nodes []*corev1.Node
 	// NodeAddrs are the node's own addresses: traffic from them to local
 	// pods always passes (kubelet probes).
 	NodeAddrs []netip.Addr
@@ -48,7 +55,7 @@ func Allows(in Input, pkt Packet) bool {
 	}
 	if src != nil && src.Spec.NodeName == in.NodeName {
 		// Egress of the source: named ports resolve on the destination pod.
-		if !directionAllows(in, src, networkingv1.PolicyTypeEgress, pkt.Dst, dst, dst, pkt) {
+		if !dirDecides(in, src, true, pkt.Dst, dst, dst, pkt) {
 			return false
 		}
 	}
@@ -56,7 +63,7 @@ func Allows(in Input, pkt Packet) bool {
 		if slices.Contains(in.NodeAddrs, pkt.Src) {
 			return true // from this node: kubelet probes
 		}
-		if !directionAllows(in, dst, networkingv1.PolicyTypeIngress, pkt.Src, src, dst, pkt) {
+		if !dirDecides(in, dst, false, pkt.Src, src, dst, pkt) {
 			return false
 		}
 	}
@@ -68,7 +75,15 @@ func Allows(in Input, pkt Packet) bool {
 // node must let it in (ingress). A packet from a pod to itself always
 // passes.
 func Reference(pods []*corev1.Pod, namespaces []*corev1.Namespace, policies []*networkingv1.NetworkPolicy, pkt Packet) bool {
-	in := Input{Pods: pods, Namespaces: namespaces, Policies: policies}
+	return ReferenceInput(Input{Pods: pods, Namespaces: namespaces, Policies: policies}, pkt)
+}
+
+// ReferenceInput is Reference with every kind of object in: NetworkPolicies,
+// ClusterNetworkPolicies and Nodes (in.NodeName and in.NodeAddrs are
+// ignored).
+func ReferenceInput(in Input, pkt Packet) bool {
+	pods := in.Pods
+	in.NodeAddrs = nil
 	var nodes []string
 	for _, p := range []*corev1.Pod{podByIP(pods, pkt.Src), podByIP(pods, pkt.Dst)} {
 		if p != nil && !slices.Contains(nodes, p.Spec.NodeName) {
@@ -103,10 +118,14 @@ func podByIP(pods []*corev1.Pod, a netip.Addr) *corev1.Pod {
 	return nil
 }
 
-// directionAllows: a pod selected by no policy for this direction is not
-// isolated; otherwise some rule of some selecting policy must allow.
-func directionAllows(in Input, pod *corev1.Pod, dir networkingv1.PolicyType, peerAddr netip.Addr, peerPod, dstPod *corev1.Pod, pkt Packet) bool {
-	selected := false
+// npDecides is the NetworkPolicy tier: a pod selected by no policy for
+// this direction is not isolated (selected false); otherwise some rule of
+// some selecting policy must allow.
+func npDecides(in Input, pod *corev1.Pod, egress bool, peerAddr netip.Addr, peerPod, dstPod *corev1.Pod, pkt Packet) (selected, allowed bool) {
+	dir := networkingv1.PolicyTypeIngress
+	if egress {
+		dir = networkingv1.PolicyTypeEgress
+	}
 	for _, pol := range in.Policies {
 		if pol.Namespace != pod.Namespace || !SelectorMatches(&pol.Spec.PodSelector, pod.Labels) {
 			continue
@@ -118,18 +137,18 @@ func directionAllows(in Input, pod *corev1.Pod, dir networkingv1.PolicyType, pee
 		if dir == networkingv1.PolicyTypeIngress {
 			for _, r := range pol.Spec.Ingress {
 				if peersMatch(in, pol, r.From, peerAddr, peerPod) && portsMatch(r.Ports, pkt, dstPod) {
-					return true
+					return true, true
 				}
 			}
 		} else {
 			for _, r := range pol.Spec.Egress {
 				if peersMatch(in, pol, r.To, peerAddr, peerPod) && portsMatch(r.Ports, pkt, dstPod) {
-					return true
+					return true, true
 				}
 			}
 		}
 	}
-	return !selected
+	return selected, false
 }
 
 // HasType reports whether pol affects the direction dir. "If this field is
