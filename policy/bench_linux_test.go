@@ -37,43 +37,7 @@ func BenchmarkApply(b *testing.B) {
 	in := benchInput()
 	rsA := Compile(in)
 	in.Policies = in.Policies[1:]
-	rsB := Compile(in)
-	b.Run("initial", func(b *testing.B) {
-		for b.Loop() {
-			b.StopTimer()
-			n := throwawayNetns(b)
-			a := NewApplier(Config{NetNS: int(n.Fd())})
-			b.StartTimer()
-			if err := a.Apply(rsA); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	n := throwawayNetns(b)
-	a := NewApplier(Config{NetNS: int(n.Fd())})
-	if err := a.Apply(rsA); err != nil {
-		b.Fatal(err)
-	}
-	b.Run("change", func(b *testing.B) {
-		i := 0
-		for b.Loop() {
-			rs := rsB
-			if i%2 == 1 {
-				rs = rsA
-			}
-			i++
-			if err := a.Apply(rs); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("unchanged", func(b *testing.B) {
-		for b.Loop() {
-			if err := a.Apply(rsA); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+	a := benchApply(b, rsA, Compile(in))
 	b.Run("sync", func(b *testing.B) {
 		for b.Loop() {
 			if err := a.Sync(); err != nil {
@@ -94,7 +58,22 @@ func BenchmarkApplyTiers(b *testing.B) {
 	in := benchTiersInput()
 	rsA := Compile(in)
 	in.ClusterPolicies = in.ClusterPolicies[1:]
-	rsB := Compile(in)
+	a := benchApply(b, rsA, Compile(in))
+	st := render(rsA, Config{}.withDefaults())
+	elems := 0
+	for _, s := range st.sets {
+		elems += len(s.elems)
+	}
+	b.ReportMetric(float64(elems), "elements")
+	if err := a.Remove(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// benchApply times the first load of rsA into a throwaway namespace, a
+// change between rsA and rsB (alternating) and an unchanged apply, and
+// returns the applier holding rsA.
+func benchApply(b *testing.B, rsA, rsB RuleSet) *Applier {
 	b.Run("initial", func(b *testing.B) {
 		for b.Loop() {
 			b.StopTimer()
@@ -131,13 +110,5 @@ func BenchmarkApplyTiers(b *testing.B) {
 			}
 		}
 	})
-	st := render(rsA, Config{}.withDefaults())
-	elems := 0
-	for _, s := range st.sets {
-		elems += len(s.elems)
-	}
-	b.ReportMetric(float64(elems), "elements")
-	if err := a.Remove(); err != nil {
-		b.Fatal(err)
-	}
+	return a
 }
