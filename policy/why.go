@@ -103,8 +103,13 @@ func (k *DecisionKind) UnmarshalText(b []byte) error {
 type Explainer struct {
 	in    Input
 	rules RuleSet
-	view  *compiler // pods and namespace labels only; never mutated
 	pols  map[string]*networkingv1.NetworkPolicy
+
+	// The pods and namespace labels of in, indexed on the first question:
+	// the daemon makes an Explainer on every change of the rules, and
+	// most are never asked. Never mutated once made.
+	viewOnce sync.Once
+	viewC    *compiler
 
 	mu     sync.Mutex
 	others map[string]*Explainer // other nodes' views, compiled on demand
@@ -112,13 +117,19 @@ type Explainer struct {
 
 // NewExplainer explains with rules, which must be Compile(in).
 func NewExplainer(in Input, rules RuleSet) *Explainer {
-	e := &Explainer{in: in, rules: rules, view: newCompiler(in), pols: map[string]*networkingv1.NetworkPolicy{}}
+	e := &Explainer{in: in, rules: rules, pols: map[string]*networkingv1.NetworkPolicy{}}
 	for _, p := range in.Policies {
 		if p != nil {
 			e.pols[p.Namespace+"/"+p.Name] = p
 		}
 	}
 	return e
+}
+
+// view returns the index of pods and namespace labels, made once.
+func (e *Explainer) view() *compiler {
+	e.viewOnce.Do(func() { e.viewC = newCompiler(e.in) })
+	return e.viewC
 }
 
 // Node is the node whose view this is.
@@ -147,7 +158,7 @@ func (e *Explainer) Why(pkt Packet) Verdict {
 // them to its pods is allowed); the host addresses of its pods are added.
 // nodeAddrs may be nil.
 func (e *Explainer) WhyCluster(pkt Packet, nodeAddrs func(node string) []netip.Addr) Verdict {
-	src, dst := e.view.podByIP(pkt.Src), e.view.podByIP(pkt.Dst)
+	src, dst := e.view().podByIP(pkt.Src), e.view().podByIP(pkt.Dst)
 	egress, ingress := e, e
 	if src != nil && src.pod.Spec.NodeName != e.in.NodeName {
 		egress = e.other(src.pod.Spec.NodeName, nodeAddrs)
@@ -186,7 +197,7 @@ func (e *Explainer) other(node string, nodeAddrs func(string) []netip.Addr) *Exp
 	if nodeAddrs != nil {
 		in.NodeAddrs = nodeAddrs(node)
 	}
-	for _, p := range e.view.pods {
+	for _, p := range e.view().pods {
 		if p.pod.Spec.NodeName != node {
 			continue
 		}
@@ -234,7 +245,7 @@ func (e *Explainer) candidates(s string) ([]netip.Addr, error) {
 	if !ok || ns == "" || name == "" {
 		return nil, fmt.Errorf("%q is neither an address nor namespace/name of a pod", s)
 	}
-	for _, p := range e.view.pods {
+	for _, p := range e.view().pods {
 		if p.pod.Namespace == ns && p.pod.Name == name {
 			return p.ips, nil
 		}
@@ -250,7 +261,7 @@ func (e *Explainer) candidates(s string) ([]netip.Addr, error) {
 
 func (e *Explainer) endpoint(a netip.Addr) Endpoint {
 	ep := Endpoint{IP: a}
-	if p := e.view.podByIP(a); p != nil {
+	if p := e.view().podByIP(a); p != nil {
 		ep.Pod, ep.Node = p.key, p.pod.Spec.NodeName
 	}
 	return ep

@@ -28,11 +28,11 @@ type walkResult struct {
 // destination pod.
 func (e *Explainer) walk(dir Direction, podKey string, policies []string, pkt Packet) walkResult {
 	var w walkResult
-	peerAddr, dstPod := pkt.Src, e.view.podByKey(podKey)
+	peerAddr, dstPod := pkt.Src, e.view().podByKey(podKey)
 	if dir == Egress {
-		peerAddr, dstPod = pkt.Dst, e.view.podByIP(pkt.Dst)
+		peerAddr, dstPod = pkt.Dst, e.view().podByIP(pkt.Dst)
 	}
-	peerPod := e.view.podByIP(peerAddr)
+	peerPod := e.view().podByIP(peerAddr)
 	for _, key := range policies {
 		pol := e.pols[key]
 		if pol == nil {
@@ -124,7 +124,7 @@ func (e *Explainer) peerLacks(polNS string, p networkingv1.NetworkPolicyPeer, a 
 		}
 	} else {
 		out = append(out, selectorLacks("namespace "+pod.pod.Namespace, "namespaceSelector", p.NamespaceSelector,
-			e.view.nsLabels[pod.pod.Namespace])...)
+			e.view().nsLabels[pod.pod.Namespace])...)
 	}
 	if p.PodSelector != nil {
 		out = append(out, selectorLacks("pod "+pod.key, "podSelector", p.PodSelector, pod.labels)...)
