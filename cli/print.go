@@ -13,6 +13,17 @@ import (
 	"github.com/weftnet/weft/ipalloc"
 )
 
+// printJSON prints the daemon's answer indented, as `--json` shows it.
+func printJSON(w io.Writer, raw json.RawMessage) error {
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return err
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
 // printStatus renders a status answer for people.
 func printStatus(w io.Writer, section string, raw json.RawMessage) error {
 	switch section {

@@ -44,13 +44,7 @@ func newStatusCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				var v any
-				if err := json.Unmarshal(raw, &v); err != nil {
-					return err
-				}
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(v)
+				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			return printStatus(cmd.OutOrStdout(), what, raw)
 		},

@@ -59,13 +59,7 @@ cluster's.`,
 				return err
 			}
 			if asJSON {
-				var v any
-				if err := json.Unmarshal(raw, &v); err != nil {
-					return err
-				}
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(v)
+				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			var ans daemon.WhyAnswer
 			if err := json.Unmarshal(raw, &ans); err != nil {
