@@ -122,9 +122,21 @@ func (a *Allocator) Allocate(ctx context.Context, key Key, meta map[string]strin
 	for {
 		live := a.livePeers()
 		a.mu.Lock()
-		addr, done, err := a.allocateLocked(key, meta, live)
+		if w, ok := a.writing[key]; ok {
+			// An Allocate of the same key is writing it: serve what it
+			// wrote (or try again if the write failed).
+			a.mu.Unlock()
+			if err := waitWrite(ctx, w); err != nil {
+				return netip.Addr{}, err
+			}
+			continue
+		}
+		addr, done, w, err := a.allocateLocked(key, meta, live)
 		if done {
 			a.mu.Unlock()
+			if w != nil {
+				err = a.persist(w)
+			}
 			return addr, err
 		}
 		// A round that ended since this call began waiting, without
@@ -156,38 +168,78 @@ func (a *Allocator) Allocate(ctx context.Context, key Key, meta map[string]strin
 }
 
 // allocateLocked allocates from this node's own space. done is false when
-// it has no free address.
-func (a *Allocator) allocateLocked(key Key, meta map[string]string, live []string) (addr netip.Addr, done bool, err error) {
+// it has no free address. A new address is taken in memory at once and
+// returned with w, which the caller writes with persist after unlocking
+// a.mu: the write and its fsync then run beside other ADDs and are
+// committed with theirs.
+func (a *Allocator) allocateLocked(key Key, meta map[string]string, live []string) (addr netip.Addr, done bool, w *allocWrite, err error) {
 	// Not even an existing allocation is served before the node is ready:
 	// its range may have been reclaimed while it was away.
 	if ok, why := a.readiness(live); !ok {
-		return netip.Addr{}, true, noSpaceError{why}
+		return netip.Addr{}, true, nil, noSpaceError{why}
 	}
 	if al, ok := a.allocs[key]; ok {
 		if a.ring.OwnerOf(al.Addr) == a.cfg.Self {
-			return al.Addr, true, nil
+			return al.Addr, true, nil, nil
 		}
 		// The range went to another node (reclaimed while this one was
 		// away): never serve it again.
 		a.log.Warn("dropping an allocation whose range this node no longer owns", "key", key, "addr", al.Addr, "owner", a.ring.OwnerOf(al.Addr))
 		if err := a.releaseLocked([]Key{key}); err != nil {
-			return netip.Addr{}, true, err
+			return netip.Addr{}, true, nil, err
 		}
 	}
 	off, ok := a.pick()
 	if !ok {
-		return netip.Addr{}, false, nil
+		return netip.Addr{}, false, nil, nil
 	}
-	al := Allocation{Key: key, Addr: a.ring.Addr(off), Meta: maps.Clone(meta), Created: a.cfg.Now().UTC()}
-	if err := a.store.saveAlloc(al); err != nil {
-		return netip.Addr{}, true, fmt.Errorf("allocate %s for %v: %w", al.Addr, key, err)
-	}
-	a.allocs[key] = &al
+	al := &Allocation{Key: key, Addr: a.ring.Addr(off), Meta: maps.Clone(meta), Created: a.cfg.Now().UTC()}
+	w = &allocWrite{al: al, done: make(chan struct{})}
+	a.writing[key] = w
+	a.allocs[key] = al
 	a.byOff[off] = key
 	a.cursor = off + 1
 	a.free--
 	a.publishFree()
-	return al.Addr, true, nil
+	return al.Addr, true, w, nil
+}
+
+// allocWrite is a new allocation on its way to disk.
+type allocWrite struct {
+	al   *Allocation
+	done chan struct{} // closed once written or given up
+	err  error         // set before done is closed
+}
+
+// persist writes a new allocation (outside a.mu) and ends its write: on
+// failure the address is free again and the error says so.
+func (a *Allocator) persist(w *allocWrite) error {
+	err := a.store.saveAlloc(*w.al)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.writing, w.al.Key)
+	if err != nil {
+		w.err = fmt.Errorf("allocate %s for %v: %w", w.al.Addr, w.al.Key, err)
+		if a.allocs[w.al.Key] == w.al {
+			delete(a.allocs, w.al.Key)
+			if off, ok := a.ring.Offset(w.al.Addr); ok && a.byOff[off] == w.al.Key {
+				delete(a.byOff, off)
+			}
+			a.recompute()
+		}
+	}
+	close(w.done)
+	return w.err
+}
+
+// waitWrite waits for another call's write of the same key to end.
+func waitWrite(ctx context.Context, w *allocWrite) error {
+	select {
+	case <-w.done:
+		return w.err
+	case <-ctx.Done():
+		return noSpaceError{fmt.Sprintf("the address of %v is still being written: %v", w.al.Key, ctx.Err())}
+	}
 }
 
 // pick finds a free usable offset, starting after the last one handed out
@@ -220,6 +272,14 @@ func (a *Allocator) pick() (uint64, bool) {
 func (a *Allocator) Release(ctx context.Context, key Key) (netip.Addr, bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// An allocation still being written is released once it is on disk,
+	// so that the delete is never overtaken by the write.
+	for a.writing[key] != nil {
+		w := a.writing[key]
+		a.mu.Unlock()
+		<-w.done // persist always ends, whatever ctx does
+		a.mu.Lock()
+	}
 	al, ok := a.allocs[key]
 	if !ok {
 		return netip.Addr{}, false, nil
@@ -274,7 +334,8 @@ func (a *Allocator) GC(ctx context.Context, keep []Key) ([]Allocation, error) {
 	var keys []Key
 	var out []Allocation
 	for k, al := range a.allocs {
-		if !want[k] {
+		// An allocation being written belongs to an ADD in progress.
+		if !want[k] && a.writing[k] == nil {
 			keys = append(keys, k)
 			out = append(out, *al)
 		}

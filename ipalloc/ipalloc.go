@@ -141,7 +141,8 @@ type Allocator struct {
 	mu          sync.Mutex
 	ring        *ring.Ring
 	allocs      map[Key]*Allocation
-	byOff       map[uint64]Key // offsets in the ring of allocated addresses
+	writing     map[Key]*allocWrite // new allocations not on disk yet
+	byOff       map[uint64]Key      // offsets in the ring of allocated addresses
 	claims      []*pendingClaim
 	usable      []ring.Span  // own spans minus pending claims and reserved addresses
 	free        uint64       // free addresses in usable
@@ -222,6 +223,7 @@ func New(cfg Config) (*Allocator, error) {
 		inbox:   make(chan inbound, 64),
 		allocs:  map[Key]*Allocation{},
 		byOff:   map[uint64]Key{},
+		writing: map[Key]*allocWrite{},
 		waiting: map[uint64]chan bool{},
 		sending: map[string]int{},
 		silent:  map[string]time.Time{},
