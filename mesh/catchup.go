@@ -14,11 +14,11 @@ import (
 // reach the seed first get an almost empty list and would learn the others
 // from gossip, which carries a few members per packet: 250 members took
 // ~10 s to mesh, 1000 far longer. So after joining, a node pulls the full
-// state again a few times, soon: first from the seed it joined through
-// (which every later joiner has told about itself), then from random
-// members, after catchUpDelays. It stops early once its member count has
-// not changed over two pulls in a row: a node that joins a settled cluster
-// makes two extra pulls.
+// state again a few times, soon, after catchUpDelays: from the seed it
+// joined through (which every later joiner has told about itself) as long
+// as the seed still teaches it members, then from random members. It stops
+// early once its member count has not changed over two pulls in a row: a
+// node that joins a settled cluster makes two extra pulls.
 var catchUpDelays = []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, time.Second, 2 * time.Second}
 
 // catchUp runs the catch-up pulls after a join through seed; see above.
@@ -33,12 +33,15 @@ func (m *Mesh) catchUp(ctx context.Context, seed string) {
 		case <-time.After(wait):
 		}
 		var err error
-		if i == 0 && seed != "" {
+		if seed != "" {
 			_, err = m.join(seed)
 		} else {
 			err = m.SyncNow()
 		}
 		now := m.numNodes.Load()
+		if err != nil || now == last {
+			seed = "" // random members from now on
+		}
 		m.log.Debug("caught up after joining", "pull", i+1, "members", now, "learned", now-last, "err", err)
 		if err == nil && now == last {
 			quiet++
