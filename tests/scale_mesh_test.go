@@ -59,6 +59,7 @@ func scaleNodes(t *testing.T) int {
 func TestMeshScale(t *testing.T) {
 	n := scaleNodes(t)
 	lab := newLab(t)
+	roomForNeighbours(t, n+1)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(3+n/5)*time.Minute)
 	defer cancel()
 	all, err := lab.AddNodes(0, n+1)
@@ -309,4 +310,43 @@ func netdevBytes(pid int) (uint64, error) {
 		}
 	}
 	return total, nil
+}
+
+// neighThresh are the kernel's limits on the ARP table, which all network
+// namespaces share: past gc_thresh3 entries (1024 by default) a new
+// neighbour fails with ENOBUFS ("neighbor table overflow" in the kernel
+// log) and a node cannot reach its peers, which a lab of 50 nodes, each
+// with an entry for every other, exceeds.
+var neighThresh = []string{
+	"/proc/sys/net/ipv4/neigh/default/gc_thresh2",
+	"/proc/sys/net/ipv4/neigh/default/gc_thresh3",
+}
+
+// roomForNeighbours raises the ARP table limits to hold a full mesh of
+// nodes (each node an entry for every other, twice over for pods and
+// other labs) and puts them back when the test ends.
+func roomForNeighbours(t *testing.T, nodes int) {
+	t.Helper()
+	want := []int{2 * nodes * nodes, 4 * nodes * nodes}
+	for i, path := range neighThresh {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("read the ARP table limit: %v", err)
+		}
+		old, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if old >= want[i] {
+			continue
+		}
+		if err := os.WriteFile(path, []byte(strconv.Itoa(want[i])), 0o644); err != nil {
+			t.Fatalf("raise %s to %d for %d nodes: %v", path, want[i], nodes, err)
+		}
+		t.Cleanup(func() {
+			if err := os.WriteFile(path, []byte(strconv.Itoa(old)), 0o644); err != nil {
+				t.Errorf("restore %s to %d: %v", path, old, err)
+			}
+		})
+	}
 }
