@@ -343,6 +343,8 @@ func roomForNeighbours(t *testing.T, nodes int) {
 		if err := os.WriteFile(path, []byte(strconv.Itoa(want[i])), 0o644); err != nil {
 			t.Fatalf("raise %s to %d for %d nodes: %v", path, want[i], nodes, err)
 		}
+		now, _ := os.ReadFile(path)
+		t.Logf("%s raised from %d to %s for %d nodes", path, old, strings.TrimSpace(string(now)), nodes)
 		t.Cleanup(func() {
 			if err := os.WriteFile(path, []byte(strconv.Itoa(old)), 0o644); err != nil {
 				t.Errorf("restore %s to %d: %v", path, old, err)
