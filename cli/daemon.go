@@ -78,6 +78,7 @@ enforce NetworkPolicy. Every flag can also be set with WEFT_<FLAG> (upper case,
 	f.IntVar(&cfg.MTU, "mtu", 0, "MTU of the tunnel and pods (0: the underlay's MTU minus 80)")
 	f.BoolVar(&cfg.MSSClamp, "mss-clamp", cfg.MSSClamp, "lower the TCP MSS to and from each peer whose measured path MTU is below the tunnel's (false: measure and show only)")
 	f.DurationVar(&cfg.ReapTime, "reap-time", cfg.ReapTime, "how long a peer that stopped answering keeps its tunnel before it is removed (rmpeer removes it at once)")
+	f.DurationVar(&cfg.ProbeInterval, "probe-interval", cfg.ProbeInterval, "how often the mesh probes a member and each direct path is probed; longer means fewer false alarms on overloaded nodes and slower detection of dead nodes and cut paths")
 	f.BoolVar(&cfg.UseExternalIP, "use-external-ip", false, "with Kubernetes, join other Nodes at their ExternalIP (clusters across clouds) instead of their InternalIP")
 	f.BoolVar(&cfg.InstallCNI, "install-cni", false, "install the weft-cni plugin and 10-weft.conflist at start (the DaemonSet does)")
 	f.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "where --install-cni puts the plugin")

@@ -224,7 +224,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 		a.mtu = crypto.AutoMTU(u.MTU)
 	}
 	a.pmtu = newPMTUProber(defaultPMTUConfig(a.mtu), a.log.With("part", "pmtu"), a.trigger)
-	a.probes = newPathProber(defaultLivenessConfig(), a.log.With("part", "probe"), a.trigger)
+	a.probes = newPathProber(defaultLivenessConfig().scaled(a.cfg.ProbeInterval), a.log.With("part", "probe"), a.trigger)
 	for _, s := range nodeSysctls {
 		if err := setSysctl(s[0], s[1]); err != nil {
 			return err
@@ -267,6 +267,10 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 		return err
 	}
 	mcfg := mesh.DefaultConfig()
+	if cfg.ProbeInterval > 0 {
+		mcfg.ProbeInterval = cfg.ProbeInterval
+		mcfg.ProbeTimeout = cfg.ProbeInterval / 2
+	}
 	mcfg.NodeName = cfg.NodeName
 	mcfg.BindAddr = u.Addr.String()
 	mcfg.BindPort = cfg.GossipPort

@@ -32,11 +32,18 @@ type Config struct {
 	MTU               int           // --mtu; 0 = underlay MTU - 80
 	ResyncInterval    time.Duration // periodic full reconcile
 	ReapTime          time.Duration // how long a dead peer keeps its tunnel
-	InstallCNI        bool          // --install-cni: install weft-cni and the conflist at start
-	CNIBinDir         string        // --cni-bin-dir; default /opt/cni/bin
-	CNIConfDir        string        // --cni-conf-dir; default /etc/cni/net.d
-	SweepInterval     time.Duration // how often allocations of vanished pods are looked for
-	UseExternalIP     bool          // --use-external-ip: seeds are Nodes' ExternalIPs (clusters across clouds)
+	// ProbeInterval (--probe-interval, default 1 s) paces failure
+	// detection: the mesh probes one member per interval (ack timeout
+	// half of it) and every direct path is probed once per interval (a
+	// quarter of it when in doubt, a probe lost after one interval).
+	// Longer: fewer false alarms on overloaded nodes or slow links,
+	// slower detection of dead nodes and cut paths, in proportion.
+	ProbeInterval time.Duration
+	InstallCNI    bool          // --install-cni: install weft-cni and the conflist at start
+	CNIBinDir     string        // --cni-bin-dir; default /opt/cni/bin
+	CNIConfDir    string        // --cni-conf-dir; default /etc/cni/net.d
+	SweepInterval time.Duration // how often allocations of vanished pods are looked for
+	UseExternalIP bool          // --use-external-ip: seeds are Nodes' ExternalIPs (clusters across clouds)
 	// MSSClamp (--mss-clamp, default true) lowers the TCP MSS of traffic
 	// to and from a peer whose measured path MTU is below the tunnel's.
 	// Off, path MTUs are still measured and shown, nothing is clamped.
@@ -80,6 +87,7 @@ func DefaultConfig() Config {
 		MetricsAddr:    DefaultMetricsAddr,
 		ResyncInterval: 30 * time.Second,
 		ReapTime:       5 * time.Minute,
+		ProbeInterval:  time.Second,
 		CNIBinDir:      "/opt/cni/bin",
 		CNIConfDir:     "/etc/cni/net.d",
 		SweepInterval:  10 * time.Second,
@@ -113,6 +121,9 @@ func (c Config) Validate() error {
 		if p.v <= 0 || p.v > 65535 {
 			return fmt.Errorf("%s %d: want a port between 1 and 65535", p.name, p.v)
 		}
+	}
+	if c.ProbeInterval != 0 && (c.ProbeInterval < 100*time.Millisecond || c.ProbeInterval > time.Minute) {
+		return fmt.Errorf("--probe-interval %v: want between 100ms and 1m (default 1s)", c.ProbeInterval)
 	}
 	if c.MTU != 0 && (c.MTU < 1280 || c.MTU > 65535) {
 		return fmt.Errorf("--mtu %d: want 0 (automatic) or 1280..65535", c.MTU)

@@ -47,6 +47,18 @@ type livenessConfig struct {
 	LossWindow   int           // probes the loss ratio is computed over
 }
 
+// scaled paces the probes by interval (--probe-interval) instead of 1 s.
+func (c livenessConfig) scaled(interval time.Duration) livenessConfig {
+	if interval <= 0 || interval == c.Interval {
+		return c
+	}
+	k := float64(interval) / float64(c.Interval)
+	c.Interval = interval
+	c.FastInterval = time.Duration(float64(c.FastInterval) * k)
+	c.Timeout = time.Duration(float64(c.Timeout) * k)
+	return c
+}
+
 func defaultLivenessConfig() livenessConfig {
 	return livenessConfig{
 		Interval:     time.Second,

@@ -265,3 +265,25 @@ func FuzzParseProbe(f *testing.F) {
 		}
 	})
 }
+
+func TestLivenessScaled(t *testing.T) {
+	def := defaultLivenessConfig()
+	for _, tc := range []struct {
+		interval             time.Duration
+		wantFast, wantTimout time.Duration
+	}{
+		{0, def.FastInterval, def.Timeout},
+		{time.Second, def.FastInterval, def.Timeout},
+		{3 * time.Second, 750 * time.Millisecond, 3 * time.Second},
+		{500 * time.Millisecond, 125 * time.Millisecond, 500 * time.Millisecond},
+	} {
+		got := def.scaled(tc.interval)
+		wantInterval := tc.interval
+		if wantInterval == 0 {
+			wantInterval = def.Interval
+		}
+		if got.Interval != wantInterval || got.FastInterval != tc.wantFast || got.Timeout != tc.wantTimout || got.DownAfter != def.DownAfter {
+			t.Errorf("scaled(%v) = %+v; want interval %v, fast %v, timeout %v, down after %d", tc.interval, got, wantInterval, tc.wantFast, tc.wantTimout, def.DownAfter)
+		}
+	}
+}

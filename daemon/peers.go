@@ -235,10 +235,25 @@ func diffPeers(current []wgtypes.Peer, v meshView, mem endpointMemory) []wgtypes
 			out = append(out, wgtypes.PeerConfig{PublicKey: p.PublicKey, Remove: true})
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool {
-		return out[i].PublicKey.String() < out[j].PublicKey.String()
-	})
-	return out
+	return sortByKey(out)
+}
+
+// sortByKey sorts peer configs by public key as status shows keys
+// (base64), encoding each key once rather than on every comparison.
+func sortByKey(cfgs []wgtypes.PeerConfig) []wgtypes.PeerConfig {
+	type keyed struct {
+		key string
+		pc  wgtypes.PeerConfig
+	}
+	ks := make([]keyed, len(cfgs))
+	for i, pc := range cfgs {
+		ks[i] = keyed{pc.PublicKey.String(), pc}
+	}
+	slices.SortStableFunc(ks, func(a, b keyed) int { return strings.Compare(a.key, b.key) })
+	for i := range ks {
+		cfgs[i] = ks[i].pc
+	}
+	return cfgs
 }
 
 // remember records the endpoints a successful apply of cfgs has set.

@@ -69,9 +69,17 @@ func (a *agent) refreshPeers(now time.Time) {
 	members := a.mesh.Members()
 	ranges := a.alloc.Ranges()
 	a.rememberMembers(members)
+	a.bridge.setRefused(a.foldPeers(members, ranges, now))
+}
+
+// foldPeers is refreshPeers without the mesh and the allocator: it folds
+// members and the ring's ranges (by owner) into a.peers and returns the
+// peers refused for their key. Its cost is linear in the members
+// (BenchmarkPeerReconcile).
+func (a *agent) foldPeers(members []mesh.Peer, ranges map[string][]netip.Prefix, now time.Time) map[string]bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	seen := map[string]bool{}
+	seen := make(map[string]bool, len(members))
 	for _, m := range members {
 		seen[m.Name] = true
 		kp := a.peers[m.Name]
@@ -114,7 +122,7 @@ func (a *agent) refreshPeers(now time.Time) {
 			refused[kp.Name] = true
 		}
 	}
-	a.bridge.setRefused(refused)
+	return refused
 }
 
 // refusalGrace is how long a refused tunnel address may stay refused before

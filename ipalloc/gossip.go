@@ -156,11 +156,7 @@ func (a *Allocator) saveRingLocked() error {
 func (a *Allocator) Ranges() map[string][]netip.Prefix {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := map[string][]netip.Prefix{}
-	for _, o := range a.ring.Owners() {
-		out[o] = a.ring.CIDRs(o)
-	}
-	return out
+	return a.ring.CIDRsByOwner()
 }
 
 // Rmpeer reclaims the address ranges of node, which must be dead (not

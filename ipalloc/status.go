@@ -74,8 +74,13 @@ func (a *Allocator) Status(reachable func(node string) bool) Status {
 		st.LastDonationError = a.seekErr.Error()
 	}
 	size := a.ring.Size()
+	cidrs := a.ring.CIDRsByOwner()
+	spans := a.ring.SpansByOwner()
 	for _, o := range a.ring.Owners() {
-		ns := NodeStatus{Name: o, Ranges: a.ring.CIDRs(o), Size: a.ring.Owned(o)}
+		ns := NodeStatus{Name: o, Ranges: cidrs[o]}
+		for _, s := range spans[o] {
+			ns.Size += s.Len()
+		}
 		ns.Reachable = o == a.cfg.Self || (reachable != nil && reachable(o))
 		if o == a.cfg.Self {
 			ns.Free = a.free

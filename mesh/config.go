@@ -65,6 +65,9 @@ type Config struct {
 	Key []byte
 	// Seeds are the nodes to join: "host" or "host:port" (the port
 	// defaults to DefaultPort). Empty: wait for others to join this node.
+	// At start the node joins up to 3 of them, tried in random order;
+	// the others are joined later (RejoinInterval) if they are not
+	// members by then.
 	Seeds []string
 	// Meta is this node's initial metadata; Name is set to NodeName when
 	// empty.
@@ -109,7 +112,8 @@ type Config struct {
 	// Default 5 s.
 	TCPTimeout time.Duration
 	// JoinBackoffMin and JoinBackoffMax bound the exponential backoff
-	// between attempts to join the seeds at start. A node that starts
+	// between attempts to join the seeds at start (each wait is drawn
+	// between a tenth of the backoff and the backoff). A node that starts
 	// before its seeds keeps trying forever. Defaults 500 ms and 10 s: a
 	// seed busy with a whole cluster starting at once (memberlist refuses
 	// more than 128 concurrent joins) is retried soon, at a cost of one
@@ -124,6 +128,12 @@ type Config struct {
 	// ForgetDepartedAfter is how long the address of a dead or departed
 	// node is kept for rejoin attempts. Default 1 h.
 	ForgetDepartedAfter time.Duration
+
+	// Transport, when set, carries gossip instead of UDP and TCP on
+	// BindAddr and BindPort, which are then ignored: simulations of large
+	// clusters in one process (meshtest.SimNetwork). The Mesh shuts it
+	// down with itself.
+	Transport memberlist.NodeAwareTransport
 
 	// wrapTransport lets tests interpose on the network (partitions).
 	wrapTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport

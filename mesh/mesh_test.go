@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"runtime"
 	"slices"
@@ -397,5 +398,25 @@ func TestJoinLearnedSeeds(t *testing.T) {
 	waitFullMesh(t, converge, a, b)
 	if n, err := a.Join(context.Background(), []string{b.addr()}); n != 0 || err != nil {
 		t.Errorf("joining a member again = %d, %v; want nothing to do", n, err)
+	}
+}
+
+// TestJoinsFewSeeds: a node given every member as a seed (the Kubernetes
+// Node list) joins joinFanout of them, not all, and still learns everyone.
+func TestJoinsFewSeeds(t *testing.T) {
+	first := startNode(t, testConfig(t, "s0"))
+	nodes := []*node{first}
+	var seeds []string
+	seeds = append(seeds, first.addr())
+	for i := 1; i < 6; i++ {
+		n := startNode(t, testConfig(t, fmt.Sprintf("s%d", i), first.addr()))
+		nodes = append(nodes, n)
+		seeds = append(seeds, n.addr())
+	}
+	waitFullMesh(t, 10*time.Second, nodes...)
+	late := startNode(t, testConfig(t, "late", seeds...))
+	waitFullMesh(t, 10*time.Second, append(nodes, late)...)
+	if got := late.joinAttempts.Load(); got != joinFanout {
+		t.Errorf("joined %d seeds of %d; want %d", got, len(seeds), joinFanout)
 	}
 }

@@ -3,6 +3,7 @@ package ring
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -223,6 +224,30 @@ func TestMergeLaws(t *testing.T) {
 			}
 			if !merged(t, rs...).Equal(want) {
 				t.Fatal("merge order changes the result")
+			}
+		}
+	}
+}
+
+// TestByOwnerMatchesPerOwner: the one-pass SpansByOwner and CIDRsByOwner
+// give what Spans and CIDRs give owner by owner, on random histories.
+func TestByOwnerMatchesPerOwner(t *testing.T) {
+	for seed := uint64(0); seed < 4; seed++ {
+		rng := rand.New(rand.NewPCG(seed, 3))
+		_, seen := randomRings(t, rng, 100)
+		for _, r := range seen {
+			spans, cidrs := r.SpansByOwner(), r.CIDRsByOwner()
+			owners := r.Owners()
+			if len(spans) != len(owners) || len(cidrs) != len(owners) {
+				t.Fatalf("seed %d: %d owners, SpansByOwner has %d, CIDRsByOwner %d", seed, len(owners), len(spans), len(cidrs))
+			}
+			for _, o := range owners {
+				if !slices.Equal(spans[o], r.Spans(o)) {
+					t.Fatalf("seed %d: spans of %s: got %v, want %v", seed, o, spans[o], r.Spans(o))
+				}
+				if !slices.Equal(cidrs[o], r.CIDRs(o)) {
+					t.Fatalf("seed %d: CIDRs of %s: got %v, want %v", seed, o, cidrs[o], r.CIDRs(o))
+				}
 			}
 		}
 	}

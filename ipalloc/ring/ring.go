@@ -341,6 +341,39 @@ func (r *Ring) Spans(owner string) []Span {
 	return out
 }
 
+// SpansByOwner returns the spans of every owner, as Spans would, in one
+// pass over the ring: asking Spans for each owner costs owners × entries.
+func (r *Ring) SpansByOwner() map[string][]Span {
+	out := map[string][]Span{}
+	for i, e := range r.entries {
+		if e.Owner == "" {
+			continue
+		}
+		s := Span{uint64(e.Start), r.end(i)}
+		spans := out[e.Owner]
+		if n := len(spans); n > 0 && spans[n-1].End == s.Start {
+			spans[n-1].End = s.End
+			continue
+		}
+		out[e.Owner] = append(spans, s)
+	}
+	return out
+}
+
+// CIDRsByOwner returns CIDRs of every owner in one pass over the ring.
+func (r *Ring) CIDRsByOwner() map[string][]netip.Prefix {
+	spans := r.SpansByOwner()
+	out := make(map[string][]netip.Prefix, len(spans))
+	for o, ss := range spans {
+		var ps []netip.Prefix
+		for _, s := range ss {
+			ps = append(ps, r.SpanCIDRs(s)...)
+		}
+		out[o] = ps
+	}
+	return out
+}
+
 // Owned is the number of addresses owner holds.
 func (r *Ring) Owned(owner string) uint64 {
 	var n uint64
