@@ -15,10 +15,11 @@ import (
 // TUN writer). With as many Ps as CPUs, each hand-off wakes another thread
 // and idle Ps spin looking for work: profiles under iperf3 on two CPUs put
 // the scheduler (futex wake-ups, finding work, sysmon) at about a tenth of
-// the daemon's time, and the whole tunnel at 20% more CPU per byte than
-// with one P. Fewer Ps lose little parallelism: the other half of the
-// data path's work, the TUN and UDP system calls and the pods' TCP, runs
-// in the kernel, on threads that hold no P while in a system call.
+// the daemon's time with a P per CPU and at 6 % with one P, and the
+// daemons' CPU per byte about 13 % lower (BENCHMARKS.md). Fewer Ps lose
+// little parallelism: the other half of the data path's work, the TUN and
+// UDP system calls and the pods' TCP, runs in the kernel, on threads that
+// hold no P while in a system call.
 func userspaceProcs(numCPU int) int {
 	return max(1, numCPU/2)
 }
