@@ -115,13 +115,19 @@ func BenchmarkTunnel(b *testing.B) {
 	if _, err := dst.Spawn(ctx, "iperf3", "-s"); err != nil {
 		b.Fatal(err)
 	}
-	paths := []benchPath{{name: "underlay", run: src.Exec, dst: dst.Addr}}
+	var paths []benchPath
+	if benchWant("underlay") {
+		paths = append(paths, benchPath{name: "underlay", run: src.Exec, dst: dst.Addr})
+	}
 
 	standalone := []struct{ name, bin, hint string }{
 		{"debian", "/usr/bin/wireguard-go", "apt-get install wireguard-go"},
 		{"upstream", wireguardGoUpstream(), "scripts/build-wireguard-go, or make bench"},
 	}
 	for i, s := range standalone {
+		if !benchWant(s.name) {
+			continue
+		}
 		if _, err := exec.LookPath("wg"); err != nil {
 			b.Run("wireguard-go-"+s.name, func(b *testing.B) { b.Skip("needs wg (apt-get install wireguard-tools)") })
 			continue
@@ -136,12 +142,16 @@ func BenchmarkTunnel(b *testing.B) {
 
 	tunnel := startWeft(b, ctx, nodes)
 	daemons := []int{src.DaemonPID(), dst.DaemonPID()}
-	paths = append(paths, benchPath{name: "weft", run: src.Exec, dst: tunnel[dst.Name], pids: daemons})
-	pods := benchPods(b, ctx, nodes)
-	if _, err := pods[1].Spawn(ctx, "iperf3", "-s"); err != nil {
-		b.Fatal(err)
+	if benchWant("weft") {
+		paths = append(paths, benchPath{name: "weft", run: src.Exec, dst: tunnel[dst.Name], pids: daemons})
 	}
-	paths = append(paths, benchPath{name: "weft-pods", run: pods[0].Exec, dst: pods[1].IP(), pids: daemons})
+	if benchWant("weft-pods") {
+		pods := benchPods(b, ctx, nodes)
+		if _, err := pods[1].Spawn(ctx, "iperf3", "-s"); err != nil {
+			b.Fatal(err)
+		}
+		paths = append(paths, benchPath{name: "weft-pods", run: pods[0].Exec, dst: pods[1].IP(), pids: daemons})
+	}
 	for _, p := range paths {
 		waitReach(b, ctx, p)
 	}
@@ -167,17 +177,22 @@ func BenchmarkTunnel(b *testing.B) {
 					line = append(line, fmt.Sprintf("%s %.3g", p.name, got[p.name].value))
 				}
 				b.Logf("round %d, %s: %s", round+1, m.unit, strings.Join(line, ", "))
-				w := got["weft"]
-				for _, base := range []string{"underlay", "upstream", "debian"} {
-					o, ok := got[base]
+				for _, wn := range []string{"weft", "weft-pods"} {
+					w, ok := got[wn]
 					if !ok {
 						continue
 					}
-					unit := m.cmpUnit + "-weft-vs-" + base
-					values[unit] = append(values[unit], m.compare(w.value, o.value))
-					if w.cpuPerGB > 0 && o.cpuPerGB > 0 {
-						unit := "x-cpu-weft-vs-" + base
-						values[unit] = append(values[unit], w.cpuPerGB/o.cpuPerGB)
+					for _, base := range []string{"underlay", "upstream", "debian"} {
+						o, ok := got[base]
+						if !ok {
+							continue
+						}
+						unit := m.cmpUnit + "-" + wn + "-vs-" + base
+						values[unit] = append(values[unit], m.compare(w.value, o.value))
+						if w.cpuPerGB > 0 && o.cpuPerGB > 0 {
+							unit := "x-cpu-" + wn + "-vs-" + base
+							values[unit] = append(values[unit], w.cpuPerGB/o.cpuPerGB)
+						}
 					}
 				}
 			}
@@ -186,6 +201,14 @@ func BenchmarkTunnel(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchWant says whether the path name is measured: all of them unless
+// $WEFT_BENCH_PATHS lists some (comma-separated: underlay, debian,
+// upstream, weft, weft-pods), for quicker runs while working on one path.
+func benchWant(name string) bool {
+	list := os.Getenv("WEFT_BENCH_PATHS")
+	return list == "" || slices.Contains(strings.Split(list, ","), name)
 }
 
 func median(v []float64) float64 {
