@@ -241,7 +241,6 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	if err := a.openTunnel(ctx, a.takeOver(ctx)); err != nil {
 		return err
 	}
-	tuneProcs(a.log, a.tun.Mode() == crypto.ModeUserspace)
 	if err := setLooseRPFilter(a.tun.Name(), a.log); err != nil {
 		return err
 	}
