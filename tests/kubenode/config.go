@@ -71,6 +71,8 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
     enable_selinux = false
     enable_unprivileged_ports = true
     enable_unprivileged_icmp = true
+    # No CAP_SYS_RESOURCE here: oom_score_adj may not go below containerd's.
+    restrict_oom_score_adj = true
     [plugins."io.containerd.cri.v1.runtime".cni]
       bin_dirs = ["{{.CNIBinDir}}"]
       conf_dir = "{{.CNIConfDir}}"

@@ -37,6 +37,10 @@
 //     whole machine. kubenode binds files holding the values it wants over
 //     those /proc/sys entries in the node's mount namespace and sets
 //     protectKernelDefaults, so the kubelet only reads them.
+//   - no CAP_SYS_RESOURCE (the test's processes lack it): nothing may lower
+//     an oom_score_adj, which runc does for every sandbox (-998) and the
+//     kubelet for itself (-999, only logged). containerd's
+//     restrict_oom_score_adj keeps containers at or above its own score.
 //   - no swap accounting: failSwapOn is false.
 //   - no kube-proxy, no cluster DNS: pods get no Service routing and no
 //     resolv.conf from the host (resolvConf is empty).
