@@ -63,6 +63,15 @@ func TestKubelet(t *testing.T) {
 	cs := kapi.Clientset()
 	startAll(t, ctx, nodes, func(*netlab.Node) []string { return seedArgs(nodes[0], nodes) })
 	waitMesh(t, ctx, nodes)
+	// What each daemon holds before any pod (its own addresses).
+	baseline := map[string]int{}
+	for _, n := range nodes {
+		st, err := ipamStatus(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		baseline[n.Name] = st.Allocations
+	}
 
 	kn := map[string]*kubenode.Node{}
 	startNode := func(n *netlab.Node) {
@@ -149,8 +158,8 @@ func TestKubelet(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if st.Allocations != 0 {
-				return fmt.Errorf("%s still holds %d addresses after its pods were deleted", n.Name, st.Allocations)
+			if st.Allocations != baseline[n.Name] {
+				return fmt.Errorf("%s holds %d addresses after its pods were deleted, %d before any pod", n.Name, st.Allocations, baseline[n.Name])
 			}
 		}
 		return nil
