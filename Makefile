@@ -21,8 +21,10 @@ STATICCHECK_VERSION := v0.6.1
 
 export WEFT_BINARY := $(CURDIR)/$(BIN)/weft
 export WEFT_KUBE_APISERVER := $(CURDIR)/$(KUBE_APISERVER)
+export WEFT_KUBELET := $(CURDIR)/$(CACHE)/bin/kubelet
+export WEFT_CONTAINERD := $(CURDIR)/$(CACHE)/bin/containerd
 
-.PHONY: all build build-arm64 test unit demo bench lint clean clean-netns kube-apiserver image wireguard-go-upstream
+.PHONY: all build build-arm64 test unit demo bench lint clean clean-netns kube-apiserver kubelet containerd image wireguard-go-upstream
 
 all: build
 
@@ -62,10 +64,52 @@ $(KUBE_APISERVER): tests/kubeapiserver/go.mod tests/kubeapiserver/go.sum
 		mkdir -p "$$(dirname "$(KUBE_USER_CACHE)")" && cp $(KUBE_APISERVER) "$(KUBE_USER_CACHE)"; \
 	fi
 
+# The kubelet and containerd of the end-to-end tests with real nodes
+# (tests/kubenode), built from source like kube-apiserver and cached the same
+# way, under .cache/bin and in the user's cache keyed by the pinned go.sum.
+# kubelet comes from the same module as kube-apiserver (tests/kubeapiserver),
+# so the two share the module and build caches; containerd, its runc shim and
+# ctr from tests/containerd. runc is Debian's (apt-get install runc).
+# cached-build: $(1) the binary under .cache/bin, $(2) its copy in the user's
+# cache, $(3) the module directory, $(4) go build's flags, $(5) the package.
+define cached-build
+	mkdir -p $(CACHE)/bin
+	if [ -x "$(2)" ] && "$(2)" --version >/dev/null 2>&1; then \
+		cp "$(2)" $(1); \
+	else \
+		(cd $(3) && CGO_ENABLED=0 $(GO) build -trimpath $(4) -o $(CURDIR)/$(1) $(5)) && \
+		mkdir -p "$$(dirname "$(2)")" && cp $(1) "$(2)"; \
+	fi
+endef
+USER_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/weft
+KUBELET := $(CACHE)/bin/kubelet
+kubelet: $(KUBELET)
+$(KUBELET): tests/kubeapiserver/go.mod tests/kubeapiserver/go.sum
+	$(call cached-build,$(KUBELET),$(USER_CACHE)/kubelet-$(KUBE_VERSION)-$(KUBE_SUM),tests/kubeapiserver,-ldflags '$(KUBE_LDFLAGS)',k8s.io/kubernetes/cmd/kubelet)
+
+CONTAINERD_VERSION := $(shell awk '$$1 == "require" && $$2 == "github.com/containerd/containerd/v2" {print $$3}' tests/containerd/go.mod)
+CONTAINERD_SUM := $(shell sha256sum tests/containerd/go.sum 2>/dev/null | cut -c1-16)
+CONTAINERD_KEY := $(CONTAINERD_VERSION)-$(CONTAINERD_SUM)
+CONTAINERD_LDFLAGS := -s -w $(foreach kv,Version=$(CONTAINERD_VERSION) Revision=$(CONTAINERD_VERSION) Package=github.com/containerd/containerd,-X github.com/containerd/containerd/v2/version.$(kv))
+CONTAINERD_BINS := $(addprefix $(CACHE)/bin/,containerd containerd-shim-runc-v2 ctr)
+containerd: $(CONTAINERD_BINS)
+$(CACHE)/bin/containerd $(CACHE)/bin/ctr: $(CACHE)/bin/%: tests/containerd/go.mod tests/containerd/go.sum
+	$(call cached-build,$@,$(USER_CACHE)/$*-$(CONTAINERD_KEY),tests/containerd,-tags urfave_cli_no_docs -ldflags '$(CONTAINERD_LDFLAGS)',github.com/containerd/containerd/v2/cmd/$*)
+# The shim has no --version; -v prints it.
+$(CACHE)/bin/containerd-shim-runc-v2: tests/containerd/go.mod tests/containerd/go.sum
+	mkdir -p $(CACHE)/bin
+	c="$(USER_CACHE)/containerd-shim-runc-v2-$(CONTAINERD_KEY)"; \
+	if [ -x "$$c" ] && "$$c" -v >/dev/null 2>&1; then \
+		cp "$$c" $@; \
+	else \
+		(cd tests/containerd && CGO_ENABLED=0 $(GO) build -trimpath -tags 'urfave_cli_no_docs no_grpc' -ldflags '$(CONTAINERD_LDFLAGS)' -o $(CURDIR)/$@ github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2) && \
+		mkdir -p "$$(dirname "$$c")" && cp $@ "$$c"; \
+	fi
+
 # Unit tests (no root), root integration tests and end-to-end tests on the
 # one-machine cluster, in one run. Tests that cannot run say why with t.Skip;
 # the closing line counts them.
-test: build kube-apiserver
+test: build kube-apiserver kubelet containerd
 	@mkdir -p $(CACHE)
 	@$(GO) test -count=1 -v -timeout 45m $(TESTFLAGS) ./... 2>&1 | tee $(CACHE)/test.log | grep --line-buffered -vE '^=== (RUN|PAUSE|CONT|NAME)'; \
 	rc=$${PIPESTATUS[0]}; scripts/test-summary $(CACHE)/test.log; exit $$rc

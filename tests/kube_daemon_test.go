@@ -173,7 +173,10 @@ type helperAPI struct {
 	Server          string `json:"server"`
 	AdminKubeconfig string `json:"adminKubeconfig"`
 	SAKubeconfig    string `json:"saKubeconfig"`
-	Error           string `json:"error,omitempty"`
+	// NodeKubeconfigs are kubelets' identities (system:node:NAME in
+	// system:nodes) by node name, for the names in $WEFT_KUBELAB_NODES.
+	NodeKubeconfigs map[string]string `json:"nodeKubeconfigs,omitempty"`
+	Error           string            `json:"error,omitempty"`
 }
 
 // kubelabHelper runs a kubelab in the network namespace $WEFT_KUBELAB_NETNS
@@ -202,7 +205,15 @@ func kubelabHelper() {
 		out.Encode(helperAPI{Error: err.Error()})
 		os.Exit(1)
 	}
-	out.Encode(helperAPI{Server: c.Server(), AdminKubeconfig: c.KubeconfigPath(), SAKubeconfig: sa})
+	nodes := map[string]string{}
+	for _, name := range strings.FieldsFunc(os.Getenv("WEFT_KUBELAB_NODES"), func(r rune) bool { return r == ',' }) {
+		if nodes[name], err = c.KubeconfigFor("system:node:"+name, []string{"system:nodes"}); err != nil {
+			c.Close()
+			out.Encode(helperAPI{Error: err.Error()})
+			os.Exit(1)
+		}
+	}
+	out.Encode(helperAPI{Server: c.Server(), AdminKubeconfig: c.KubeconfigPath(), SAKubeconfig: sa, NodeKubeconfigs: nodes})
 	io.Copy(io.Discard, os.Stdin)
 	if err := c.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "close kubelab:", err)
@@ -215,21 +226,26 @@ type remoteAPI struct {
 	cfg          *rest.Config
 	cs           kubernetes.Interface
 	saKubeconfig string
+	// nodeKubeconfigs are the kubelets' by node name (startKubelabHelper's
+	// nodes).
+	nodeKubeconfigs map[string]string
 }
 
 func (r *remoteAPI) RESTConfig() *rest.Config        { return rest.CopyConfig(r.cfg) }
 func (r *remoteAPI) Clientset() kubernetes.Interface { return r.cs }
 
 // startKubelabHelper starts kubelabHelper for the namespace at netnsPath
-// and waits until its API is ready; the test's end stops it.
-func startKubelabHelper(t *testing.T, ctx context.Context, netnsPath string, bind netip.Addr) *remoteAPI {
+// and waits until its API is ready; the test's end stops it. Kubelets of
+// the nodes named get kubeconfigs of their own.
+func startKubelabHelper(t *testing.T, ctx context.Context, netnsPath string, bind netip.Addr, nodes ...string) *remoteAPI {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "WEFT_LAB_HELPER=kubelab", "WEFT_KUBELAB_NETNS="+netnsPath, "WEFT_KUBELAB_BIND="+bind.String())
+	cmd.Env = append(os.Environ(), "WEFT_LAB_HELPER=kubelab", "WEFT_KUBELAB_NETNS="+netnsPath, "WEFT_KUBELAB_BIND="+bind.String(),
+		"WEFT_KUBELAB_NODES="+strings.Join(nodes, ","))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdin, err := cmd.StdinPipe()
@@ -287,7 +303,7 @@ func startKubelabHelper(t *testing.T, ctx context.Context, netnsPath string, bin
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &remoteAPI{cfg: cfg, cs: cs, saKubeconfig: api.SAKubeconfig}
+	return &remoteAPI{cfg: cfg, cs: cs, saKubeconfig: api.SAKubeconfig, nodeKubeconfigs: api.NodeKubeconfigs}
 }
 
 // netnsDial dials from inside the network namespace at path.

@@ -12,6 +12,10 @@
 //
 //	go run ./deploy/image -binary bin/weft -tag ghcr.io/weftnet/weft:v0.1.0 -out bin/weft-image.tar
 //
+// -path and -cmd put another static binary in an image of the same shape
+// (the kubelet tests' pod image: go run ./deploy/image -binary agent -path
+// /agent -cmd pause -tag weft.test/agent:1 -out agent.tar).
+//
 // The image's user is 65532 (non-root): `weft version` and the CLI need
 // nothing more. The daemon needs root with NET_ADMIN and NET_RAW, which the
 // DaemonSet asks for (runAsUser: 0); see deploy/weft.yaml.
@@ -42,7 +46,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// BinaryPath is where the image holds the binary; it is the entrypoint.
+// BinaryPath is where the image holds the binary (unless -path says
+// otherwise); it is the entrypoint.
 const BinaryPath = "/usr/local/bin/weft"
 
 // nonRootUser is the image's default user: "nobody" of distroless images.
@@ -50,6 +55,8 @@ const nonRootUser = "65532:65532"
 
 type options struct {
 	Binary   string    // the static weft binary
+	Path     string    // where the image holds it, the entrypoint; "" is BinaryPath
+	Cmd      []string  // the image's default arguments; nil is ["daemon"]
 	Tag      string    // e.g. ghcr.io/weftnet/weft:v0.1.0
 	Out      string    // the tarball to write
 	Version  string    // org.opencontainers.image.version
@@ -65,8 +72,11 @@ func main() {
 	flag.StringVar(&o.Out, "out", "bin/weft-image.tar", "the image tarball to write")
 	flag.StringVar(&o.Version, "version", "", "version label (default: the tag)")
 	flag.StringVar(&o.Revision, "revision", "", "source revision label (git commit)")
+	flag.StringVar(&o.Path, "path", BinaryPath, "where the image holds the binary, its entrypoint")
+	cmd := flag.String("cmd", "daemon", "the image's default arguments, separated by spaces")
 	flag.StringVar(&o.Arch, "arch", "", "architecture of the binary (default: read from its ELF header)")
 	flag.Parse()
+	o.Cmd = strings.Fields(*cmd)
 	created, err := sourceDateEpoch(os.Getenv("SOURCE_DATE_EPOCH"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "image:", err)
@@ -113,6 +123,15 @@ func build(o options) (v1.Hash, error) {
 	if o.Version == "" {
 		o.Version = ref.TagStr()
 	}
+	if o.Path == "" {
+		o.Path = BinaryPath
+	}
+	if !path.IsAbs(o.Path) || path.Clean(o.Path) != o.Path || o.Path == "/" {
+		return v1.Hash{}, fmt.Errorf("-path %q: want a clean absolute file path such as %s", o.Path, BinaryPath)
+	}
+	if o.Cmd == nil {
+		o.Cmd = []string{"daemon"}
+	}
 	img, err := image(o, bin)
 	if err != nil {
 		return v1.Hash{}, err
@@ -129,7 +148,7 @@ func build(o options) (v1.Hash, error) {
 
 // image assembles the image: scratch, one layer, OCI media types.
 func image(o options, bin []byte) (v1.Image, error) {
-	layerTar, err := binaryLayer(bin, o.Created)
+	layerTar, err := binaryLayer(bin, o.Path, o.Created)
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +164,7 @@ func image(o options, bin []byte) (v1.Image, error) {
 	img, err = mutate.Append(img, mutate.Addendum{
 		Layer:     layer,
 		MediaType: types.OCILayer,
-		History:   v1.History{Created: created, CreatedBy: "go run ./deploy/image", Comment: "the static weft binary at " + BinaryPath},
+		History:   v1.History{Created: created, CreatedBy: "go run ./deploy/image", Comment: "the static binary at " + o.Path},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("append layer: %w", err)
@@ -159,8 +178,8 @@ func image(o options, bin []byte) (v1.Image, error) {
 	cf.OS = "linux"
 	cf.Architecture = o.Arch
 	cf.Config = v1.Config{
-		Entrypoint: []string{BinaryPath},
-		Cmd:        []string{"daemon"},
+		Entrypoint: []string{o.Path},
+		Cmd:        o.Cmd,
 		User:       nonRootUser,
 		WorkingDir: "/",
 		Env:        []string{"PATH=/usr/local/bin"},
@@ -182,11 +201,14 @@ func image(o options, bin []byte) (v1.Image, error) {
 }
 
 // binaryLayer is the uncompressed tar of the one layer: the directories
-// down to the binary, then the binary, owned by root, every time t.
-func binaryLayer(bin []byte, t time.Time) ([]byte, error) {
+// down to the binary at file, then the binary, owned by root, every time t.
+func binaryLayer(bin []byte, file string, t time.Time) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	dir := strings.TrimPrefix(path.Dir(BinaryPath), "/")
+	dir := strings.TrimPrefix(path.Dir(file), "/")
+	if dir == "" { // a file at the root
+		dir = "."
+	}
 	var dirs []string
 	for d := dir; d != "."; d = path.Dir(d) {
 		dirs = append(dirs, d+"/")
@@ -199,7 +221,7 @@ func binaryLayer(bin []byte, t time.Time) ([]byte, error) {
 		}
 	}
 	hdr := &tar.Header{
-		Typeflag: tar.TypeReg, Name: strings.TrimPrefix(BinaryPath, "/"), Mode: 0o755,
+		Typeflag: tar.TypeReg, Name: strings.TrimPrefix(file, "/"), Mode: 0o755,
 		Size: int64(len(bin)), ModTime: t, Format: tar.FormatPAX,
 	}
 	if err := tw.WriteHeader(hdr); err != nil {

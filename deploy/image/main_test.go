@@ -255,3 +255,74 @@ func TestSourceDateEpoch(t *testing.T) {
 		}
 	}
 }
+
+// TestOtherBinary: -path and -cmd put another binary at another place, as
+// the kubelet tests' pod image does; the layer holds only the directories
+// down to it.
+func TestOtherBinary(t *testing.T) {
+	bin, err := os.ReadFile("/proc/self/exe") // any ELF binary of this machine
+	if err != nil {
+		t.Skip("no /proc/self/exe:", err)
+	}
+	src := filepath.Join(t.TempDir(), "bin")
+	if err := os.WriteFile(src, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path, cmd string
+		layer     []string
+	}{
+		{"/agent", "pause", []string{"agent"}},
+		{"/opt/x/agent", "serve :8080", []string{"opt/", "opt/x/", "opt/x/agent"}},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			o := options{Binary: src, Tag: "weft.test/agent:1", Path: tc.path, Cmd: strings.Fields(tc.cmd),
+				Out: filepath.Join(t.TempDir(), "agent.tar"), Created: time.Unix(0, 0).UTC()}
+			if _, err := build(o); err != nil {
+				t.Fatal(err)
+			}
+			img, err := tarball.ImageFromPath(o.Out, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cf, err := img.ConfigFile()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cf.Config.Entrypoint; len(got) != 1 || got[0] != tc.path {
+				t.Errorf("entrypoint %q, want [%s]", got, tc.path)
+			}
+			if got := strings.Join(cf.Config.Cmd, " "); got != tc.cmd {
+				t.Errorf("cmd %q, want %q", got, tc.cmd)
+			}
+			layers, err := img.Layers()
+			if err != nil || len(layers) != 1 {
+				t.Fatalf("layers %d, %v; want 1", len(layers), err)
+			}
+			rc, err := layers[0].Uncompressed()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			var names []string
+			tr := tar.NewReader(rc)
+			for {
+				hdr, err := tr.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				names = append(names, hdr.Name)
+			}
+			if strings.Join(names, " ") != strings.Join(tc.layer, " ") {
+				t.Errorf("layer holds %v, want %v", names, tc.layer)
+			}
+		})
+	}
+	o := options{Binary: src, Tag: "weft.test/agent:1", Path: "agent", Out: filepath.Join(t.TempDir(), "x.tar")}
+	if _, err := build(o); err == nil {
+		t.Errorf("-path agent (relative) was taken")
+	}
+}
