@@ -53,6 +53,7 @@ type agent struct {
 	metrics  *metrics
 	// healthAddrs are where /metrics, /healthz and /readyz are served.
 	healthAddrs []string
+	out         chan outMsg // direct messages to peers, sent by sendLoop
 
 	// The handoff socket: successors that ask for the data path arrive on
 	// successors (one at most is kept); successor is the one Run chose.
@@ -69,8 +70,11 @@ type agent struct {
 	ready      bool
 	notReady   string
 	lastErr    string
-	peers      map[string]*knownPeer // by name; owned by the reconcile loop, read under mu
-	unreach    string                // the peers this node cannot reach directly, as published
+	peers      map[string]*knownPeer  // by name; owned by the reconcile loop, read under mu
+	unreach    string                 // the peers this node cannot reach directly, as published
+	rot        keyRotation            // this node's key rotation
+	switched   map[string]wgtypes.Key // peers that told of their key switch before gossip did
+	acked      map[string]ackRecord   // the last ack of each peer's next key
 
 	savedMembers []string    // gossip addresses last written to known-peers.json; reconcile loop only
 	savedPeers   []savedPeer // what peers.json last got; reconcile loop only
@@ -104,9 +108,13 @@ type knownPeer struct {
 	// Announced is the tunnel address the peer gossips; peer.TunnelAddr
 	// holds it only once vetPeer accepted it. Refused says why not;
 	// KeyRefused: the whole peer is refused (its key is not its Node's).
-	Announced     netip.Addr
-	Refused       string
-	KeyRefused    bool
+	Announced  netip.Addr
+	Refused    string
+	KeyRefused bool
+	// NextKey is the key the peer announces it rotates to; NextRefused:
+	// its Node does not carry it (no ack, no switch to it).
+	NextKey       wgtypes.Key
+	NextRefused   bool
 	refusedSince  time.Time
 	refusalLogged bool
 }
@@ -117,7 +125,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	a := &agent{cfg: cfg, log: log, kick: make(chan struct{}, 1), peers: map[string]*knownPeer{}, metrics: newMetrics(),
-		successors: make(chan *handoff.Successor, 1)}
+		successors: make(chan *handoff.Successor, 1), switched: map[string]wgtypes.Key{}, acked: map[string]ackRecord{},
+		out: make(chan outMsg, 256)}
 	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -155,6 +164,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return a.pmtu.Run(gctx) })
 	g.Go(func() error { return a.probes.Run(gctx) })
 	g.Go(func() error { return a.keepNATMembership(gctx) })
+	g.Go(func() error { return a.sendLoop(gctx) })
+	if cfg.KeyRotation > 0 {
+		g.Go(func() error { return a.autoRotateKeys(gctx) })
+	}
 	if a.kube != nil {
 		a.runKube(gctx, g)
 	}
@@ -233,6 +246,9 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	if a.key, err = crypto.LoadOrCreatePrivateKey(cfg.StateDir, a.log); err != nil {
 		return err
 	}
+	if err := a.resumeKeyRotation(); err != nil {
+		return err
+	}
 	if a.nl, err = netlink.NewHandle(); err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
@@ -279,7 +295,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	mcfg.Seeds = append(mcfg.Seeds, loadKnownPeers(cfg.StateDir)...)
 	mcfg.Meta = a.meta()
 	mcfg.Logger = a.log.With("part", "mesh")
-	mcfg.Delegate = allocDelegate{a.alloc, a.log}
+	mcfg.Delegate = allocDelegate{a.alloc, a.log, a.handleKeyMsg}
 	if a.mesh, err = mesh.New(mcfg); err != nil {
 		return err
 	}
@@ -336,6 +352,9 @@ func (a *agent) meta() mesh.Meta {
 		Unreachable: a.unreach,
 		ProbeAddr:   a.probeAddr,
 		NATKind:     a.natKind,
+	}
+	if a.rot.pending() {
+		m.NextPublicKey = a.rot.next.PublicKey()
 	}
 	if a.reflexive.IsValid() {
 		m.Reflexive = a.reflexive.String()

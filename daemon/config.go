@@ -46,6 +46,10 @@ type Config struct {
 	// exits without one. A new daemon started while the old one runs takes
 	// over at once whatever this is; see the daemon/handoff package.
 	HandoffWait time.Duration
+	// KeyRotation (--key-rotation, default 0: off) rotates the node's
+	// WireGuard key whenever it is older than this; `weft rotate-key`
+	// rotates it at once.
+	KeyRotation time.Duration
 }
 
 // ErrHandedOver is what Run returns when the daemon stopped because a

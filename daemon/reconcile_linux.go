@@ -80,7 +80,12 @@ func (a *agent) refreshPeers(now time.Time) {
 			a.peers[m.Name] = kp
 		}
 		kp.Name = m.Name
-		kp.PublicKey = wgtypes.Key(m.Meta.PublicKey)
+		kp.NextKey = wgtypes.Key(m.Meta.NextPublicKey)
+		var keep bool
+		kp.PublicKey, keep = peerKey(wgtypes.Key(m.Meta.PublicKey), kp.NextKey, a.switched[m.Name])
+		if !keep {
+			delete(a.switched, m.Name)
+		}
 		kp.Announced = m.Meta.TunnelAddr
 		kp.ProbeAnnounced = m.Meta.ProbeAddr
 		kp.Endpoint = m.Meta.Endpoint
@@ -130,13 +135,18 @@ const refusalGrace = 5 * time.Second
 // refusal is logged once it has lasted refusalGrace (a node that changed
 // its key republishes it on its Node within seconds). Callers hold a.mu.
 func (a *agent) vetPeer(kp *knownPeer, ranges map[string][]netip.Prefix, now time.Time) {
-	kp.KeyRefused = false
+	kp.KeyRefused, kp.NextRefused = false, false
 	why := ""
 	if a.nodes != nil {
-		if pinned, ok := a.nodes.PublicKey(kp.Name); ok && pinned != kp.PublicKey.String() {
+		// The pin: the key the Node carries, or the one it announces as
+		// next while its node rotates (weft.dev/next-public-key).
+		pinned, ok := a.nodes.PublicKey(kp.Name)
+		next, _ := a.nodes.NextPublicKey(kp.Name)
+		if ok && !pinAccepts(pinned, next, kp.PublicKey) {
 			why = fmt.Sprintf("announces public key %s, but its Node carries %s", shortKey(kp.PublicKey.String()), shortKey(pinned))
 			kp.KeyRefused = true
 		}
+		kp.NextRefused = ok && kp.NextKey != (wgtypes.Key{}) && !pinAccepts(pinned, next, kp.NextKey)
 	}
 	if why == "" {
 		why = checkTunnelAddr(kp.Name, kp.Announced, a.cfg.PodCIDR, ranges)
@@ -166,6 +176,13 @@ func (a *agent) vetPeer(kp *knownPeer, ranges map[string][]netip.Prefix, now tim
 		}
 		kp.refusalLogged = true
 	}
+}
+
+// pinAccepts reports whether a peer may use key when its Node carries
+// pinned and, while it rotates, next ("" when not rotating).
+func pinAccepts(pinned, next string, key wgtypes.Key) bool {
+	k := key.String()
+	return k == pinned || (next != "" && k == next)
 }
 
 // shortKey is the start of a base64 key, as status shows keys.
@@ -218,7 +235,10 @@ func (a *agent) view() (meshView, netip.Addr) {
 
 // reconcile is one pass: tunnel link, peers, routes, masquerade.
 func (a *agent) reconcile(mem endpointMemory) error {
-	a.refreshPeers(time.Now())
+	now := time.Now()
+	a.refreshPeers(now)
+	a.sendKeyAcks(now)
+	a.advanceKeyRotation(now)
 	a.rememberPeers()
 	_, self := a.view()
 	a.mu.Lock()
