@@ -70,13 +70,17 @@ type agent struct {
 	ready      bool
 	notReady   string
 	lastErr    string
-	peers      map[string]*knownPeer  // by name; owned by the reconcile loop, read under mu
-	unreach    string                 // the peers this node cannot reach directly, as published
-	rot        keyRotation            // this node's key rotation
-	switched   map[string]wgtypes.Key // peers that told of their key switch before gossip did
-	acked      map[string]ackRecord   // the last ack of each peer's next key
+	peers      map[string]*knownPeer // by name; owned by the reconcile loop, read under mu
+	unreach    string                // the peers this node cannot reach directly, as published
+	rot        keyRotation           // this node's key rotation
+	secrets    secretSet             // the cluster secrets held, newest first
+	// announcedSecrets is what gossip last got of secrets.
+	announcedSecrets string
+	switched         map[string]wgtypes.Key // peers that told of their key switch before gossip did
+	acked            map[string]ackRecord   // the last ack of each peer's next key
 
 	savedMembers []string    // gossip addresses last written to known-peers.json; reconcile loop only
+	keyringState string      // the gossip keys last set; reconcile loop only
 	savedPeers   []savedPeer // what peers.json last got; reconcile loop only
 
 	kube           kubernetes.Interface // nil without Kubernetes
@@ -111,6 +115,8 @@ type knownPeer struct {
 	Announced  netip.Addr
 	Refused    string
 	KeyRefused bool
+	// Secrets are the fingerprints of the cluster secrets the peer holds.
+	Secrets []string
 	// NextKey is the key the peer announces it rotates to; NextRefused:
 	// its Node does not carry it (no ack, no switch to it).
 	NextKey       wgtypes.Key
@@ -165,6 +171,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return a.probes.Run(gctx) })
 	g.Go(func() error { return a.keepNATMembership(gctx) })
 	g.Go(func() error { return a.sendLoop(gctx) })
+	switch {
+	case cfg.SecretFile != "":
+		g.Go(func() error { return a.watchSecretFile(gctx) })
+	case a.kube != nil && !a.secrets.empty():
+		g.Go(func() error { return a.watchKubeSecret(gctx) })
+	}
 	if cfg.KeyRotation > 0 {
 		g.Go(func() error { return a.autoRotateKeys(gctx) })
 	}
@@ -218,6 +230,8 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	default:
 		return ErrNoSecret
 	}
+	a.secrets = newSecretSet(a.secret, time.Now())
+	a.announcedSecrets = a.secrets.fingerprints()
 	u, err := findUnderlay(cfg.Listen)
 	if err != nil {
 		return err
@@ -356,6 +370,7 @@ func (a *agent) meta() mesh.Meta {
 	if a.rot.pending() {
 		m.NextPublicKey = a.rot.next.PublicKey()
 	}
+	m.Secrets = a.secrets.fingerprints()
 	if a.reflexive.IsValid() {
 		m.Reflexive = a.reflexive.String()
 	}

@@ -198,6 +198,8 @@ type PeersStatus struct {
 	Peers       []PeerStatus `json:"peers"`
 	// KeyRotation is the state of this node's WireGuard key rotation.
 	KeyRotation KeyRotationStatus `json:"keyRotation"`
+	// Secrets is the cluster secrets held; absent with --insecure.
+	Secrets *SecretsStatus `json:"secrets,omitempty"`
 }
 
 func (a *agent) Status(section string) (any, error) {
@@ -248,6 +250,7 @@ func (a *agent) peersStatus() (PeersStatus, error) {
 		st.TunnelAddr = a.tunnelAddr.String()
 	}
 	st.KeyRotation = a.keyRotationStatus()
+	st.Secrets = a.secretsStatus()
 	st.NATKind = a.natKind
 	if a.reflexive.IsValid() {
 		st.Reflexive = a.reflexive.String()

@@ -81,6 +81,7 @@ func (a *agent) refreshPeers(now time.Time) {
 		}
 		kp.Name = m.Name
 		kp.NextKey = wgtypes.Key(m.Meta.NextPublicKey)
+		kp.Secrets = m.Meta.SecretFingerprints()
 		var keep bool
 		kp.PublicKey, keep = peerKey(wgtypes.Key(m.Meta.PublicKey), kp.NextKey, a.switched[m.Name])
 		if !keep {
@@ -147,6 +148,10 @@ func (a *agent) vetPeer(kp *knownPeer, ranges map[string][]netip.Prefix, now tim
 			kp.KeyRefused = true
 		}
 		kp.NextRefused = ok && kp.NextKey != (wgtypes.Key{}) && !pinAccepts(pinned, next, kp.NextKey)
+	}
+	if _, ok := a.presharedKey(kp.Secrets); !ok && why == "" {
+		why = "holds none of this node's cluster secrets (the secret overlap ended before it got the new one)"
+		kp.KeyRefused = true
 	}
 	if why == "" {
 		why = checkTunnelAddr(kp.Name, kp.Announced, a.cfg.PodCIDR, ranges)
@@ -220,15 +225,13 @@ func (a *agent) view() (meshView, netip.Addr) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	v := meshView{Keepalive: keepalive}
-	if a.secret != nil {
-		psk := a.secret.PresharedKey()
-		v.PSK = &psk
-	}
 	for _, kp := range a.peers {
 		if kp.KeyRefused {
 			continue
 		}
-		v.Peers = append(v.Peers, kp.peer)
+		p := kp.peer
+		p.PSK, _ = a.presharedKey(kp.Secrets)
+		v.Peers = append(v.Peers, p)
 	}
 	return v, a.tunnelAddr
 }
@@ -237,6 +240,7 @@ func (a *agent) view() (meshView, netip.Addr) {
 func (a *agent) reconcile(mem endpointMemory) error {
 	now := time.Now()
 	a.refreshPeers(now)
+	a.syncSecrets(now)
 	a.sendKeyAcks(now)
 	a.advanceKeyRotation(now)
 	a.rememberPeers()
