@@ -116,3 +116,10 @@ type ackRecord struct {
 	key wgtypes.Key
 	at  time.Time
 }
+
+// pinAccepts reports whether a peer may use key when its Node carries
+// pinned and, while it rotates, next ("" when not rotating).
+func pinAccepts(pinned, next string, key wgtypes.Key) bool {
+	k := key.String()
+	return k == pinned || (next != "" && k == next)
+}

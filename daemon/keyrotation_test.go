@@ -119,3 +119,30 @@ func TestPeerKey(t *testing.T) {
 		})
 	}
 }
+
+// TestPinAccepts: a Node's pin accepts its key, and the next key only
+// while the Node announces one.
+func TestPinAccepts(t *testing.T) {
+	cur, next, other := mustKey(t).PublicKey(), mustKey(t).PublicKey(), mustKey(t).PublicKey()
+	tests := []struct {
+		name       string
+		pinned     string
+		pinnedNext string
+		key        wgtypes.Key
+		want       bool
+	}{
+		{"the pinned key", cur.String(), "", cur, true},
+		{"another key, not rotating", cur.String(), "", other, false},
+		{"the next key of a rotating node", cur.String(), next.String(), next, true},
+		{"the old key of a rotating node", cur.String(), next.String(), cur, true},
+		{"another key of a rotating node", cur.String(), next.String(), other, false},
+		{"after the switch, the old key", next.String(), "", cur, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := pinAccepts(tt.pinned, tt.pinnedNext, tt.key); got != tt.want {
+				t.Fatalf("pinAccepts = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

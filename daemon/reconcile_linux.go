@@ -183,13 +183,6 @@ func (a *agent) vetPeer(kp *knownPeer, ranges map[string][]netip.Prefix, now tim
 	}
 }
 
-// pinAccepts reports whether a peer may use key when its Node carries
-// pinned and, while it rotates, next ("" when not rotating).
-func pinAccepts(pinned, next string, key wgtypes.Key) bool {
-	k := key.String()
-	return k == pinned || (next != "" && k == next)
-}
-
 // shortKey is the start of a base64 key, as status shows keys.
 func shortKey(k string) string {
 	if len(k) > 10 {
