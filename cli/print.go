@@ -79,6 +79,10 @@ func printRotation(w io.Writer, st daemon.PeersStatus) {
 	case kr.Rotations > 0:
 		fmt.Fprintf(w, "key rotation: idle, %d done, the last at %s\n", kr.Rotations, kr.LastSwitch)
 	}
+	if sec := st.Secrets; sec != nil && len(sec.Held) > 1 {
+		fmt.Fprintf(w, "cluster secret rotation: holding %s (newest first), gossip with %s, overlap ends %s\n",
+			strings.Join(sec.Held, ", "), sec.Gossip, sec.OverlapEnds)
+	}
 	for _, p := range st.Peers {
 		if p.NextPublicKey != "" {
 			fmt.Fprintf(w, "peer %s rotates its key to %s\n", orDash(p.Name), p.NextPublicKey)

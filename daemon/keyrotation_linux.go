@@ -53,9 +53,10 @@ func (a *agent) RotateKey(ctx context.Context) (string, error) {
 	a.mu.Lock()
 	started := !a.rot.pending()
 	a.rot.begin(next, time.Now())
+	current := a.key.PublicKey()
 	a.mu.Unlock()
 	if started {
-		a.log.Info("key rotation started: announcing the next key", "public-key", a.key.PublicKey().String(), "next-public-key", next.PublicKey().String())
+		a.log.Info("key rotation started: announcing the next key", "public-key", current.String(), "next-public-key", next.PublicKey().String())
 	}
 	if err := a.mesh.SetMeta(a.meta()); err != nil {
 		return "", fmt.Errorf("announce the next key: %w", err)
