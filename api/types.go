@@ -22,7 +22,14 @@ const (
 	PathStatus      = "/v1/status"       // GET, and /peers, /ipam, /policy
 	PathRmpeer      = "/v1/rmpeer"       // POST {"node": NAME}
 	PathPolicyWhy   = "/v1/policy/why"   // POST WhyRequest -> the verdict (daemon.WhyAnswer)
+	PathRotateKey   = "/v1/rotate-key"   // POST -> RotateKeyResponse
 )
+
+// RotateKeyResponse answers PathRotateKey: the rotation has begun (or was
+// under way) and will switch to NextPublicKey once every live peer has it.
+type RotateKeyResponse struct {
+	NextPublicKey string `json:"nextPublicKey"`
+}
 
 // Error codes the CNI plugin branches on.
 const (

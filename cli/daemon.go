@@ -84,6 +84,8 @@ enforce NetworkPolicy. Every flag can also be set with WEFT_<FLAG> (upper case,
 	f.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "where --install-cni puts the plugin")
 	f.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "where --install-cni writes the network config")
 	f.DurationVar(&cfg.HandoffWait, "handoff-wait", 0, "when told to stop, wait this long for a new daemon to take the live tunnel over (a new daemon started while this one runs takes it over at once)")
+	f.DurationVar(&cfg.KeyRotation, "key-rotation", 0, "rotate this node's WireGuard key whenever it is older than this, without losing packets (0: only when weft rotate-key is run)")
+	f.DurationVar(&cfg.SecretOverlap, "secret-overlap", cfg.SecretOverlap, "how long the old cluster secret is still accepted after a new one appears in --secret-file or the Secret; nodes that did not get the new one by then are out")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	annotateEnv(f)
 	return cmd

@@ -65,6 +65,31 @@ func printStatus(w io.Writer, section string, raw json.RawMessage) error {
 	return err
 }
 
+// printRotation shows the key rotation and cluster secret state, when
+// there is something to show.
+func printRotation(w io.Writer, st daemon.PeersStatus) {
+	kr := st.KeyRotation
+	switch {
+	case kr.State == "pending":
+		waiting := "switching now"
+		if len(kr.Waiting) > 0 {
+			waiting = "waiting for " + strings.Join(kr.Waiting, ", ")
+		}
+		fmt.Fprintf(w, "key rotation: pending since %s, next key %s…, %s\n", kr.Since, short(kr.NextPublicKey), waiting)
+	case kr.Rotations > 0:
+		fmt.Fprintf(w, "key rotation: idle, %d done, the last at %s\n", kr.Rotations, kr.LastSwitch)
+	}
+	if sec := st.Secrets; sec != nil && len(sec.Held) > 1 {
+		fmt.Fprintf(w, "cluster secret rotation: holding %s (newest first), gossip with %s, overlap ends %s\n",
+			strings.Join(sec.Held, ", "), sec.Gossip, sec.OverlapEnds)
+	}
+	for _, p := range st.Peers {
+		if p.NextPublicKey != "" {
+			fmt.Fprintf(w, "peer %s rotates its key to %s\n", orDash(p.Name), p.NextPublicKey)
+		}
+	}
+}
+
 func printPeers(w io.Writer, st daemon.PeersStatus) error {
 	ready := "ready"
 	if !st.Ready {
@@ -81,6 +106,7 @@ func printPeers(w io.Writer, st daemon.PeersStatus) error {
 		nat += ", public endpoint " + st.Reflexive
 	}
 	fmt.Fprintf(w, "NAT: %s  direct: %d of %d live peers (%.0f%%)\n", nat, st.DirectPeers, st.LivePeers, 100*st.DirectShare)
+	printRotation(w, st)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tSTATE\tPATH\tSINCE\tRTT\tLOSS\tNAT\tENDPOINT\tTUNNEL\tPMTU\tHANDSHAKE\tRX\tTX\tALLOWED IPS")
 	for _, p := range st.Peers {

@@ -32,3 +32,27 @@ func TestPrintPeersPathsAndNAT(t *testing.T) {
 		}
 	}
 }
+
+func TestPrintPeersRotation(t *testing.T) {
+	st := daemon.PeersStatus{
+		Node: "node1", Ready: true,
+		KeyRotation: daemon.KeyRotationStatus{State: "pending", NextPublicKey: "CoWrkgk95HUHxVB8yI5fp1IFZ1Mw5iqkWTqAYyGTpzg=",
+			Since: "2026-01-01T00:00:00Z", Waiting: []string{"node3"}},
+		Secrets: &daemon.SecretsStatus{Held: []string{"aaaa", "bbbb"}, Gossip: "bbbb", OverlapEnds: "2026-01-01T00:10:00Z"},
+		Peers:   []daemon.PeerStatus{{Name: "node2", State: "alive", Path: "direct", NextPublicKey: "xyz…"}},
+	}
+	var b strings.Builder
+	if err := printPeers(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"key rotation: pending since 2026-01-01T00:00:00Z", "waiting for node3",
+		"holding aaaa, bbbb (newest first), gossip with bbbb, overlap ends 2026-01-01T00:10:00Z",
+		"peer node2 rotates its key to xyz…",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+}

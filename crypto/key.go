@@ -78,3 +78,60 @@ func loadPrivateKey(path string, logger *slog.Logger) (wgtypes.Key, error) {
 	}
 	return key, nil
 }
+
+// PendingKeyFile is the name of the next private key, made by a key
+// rotation and not yet in use, inside the state directory.
+const PendingKeyFile = "wireguard.key.next"
+
+// LoadPendingKey returns the pending private key of a rotation under way,
+// or ok false when there is none.
+func LoadPendingKey(stateDir string, logger *slog.Logger) (key wgtypes.Key, ok bool, err error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	key, err = loadPrivateKey(filepath.Join(stateDir, PendingKeyFile), logger)
+	if errors.Is(err, fs.ErrNotExist) {
+		return wgtypes.Key{}, false, nil
+	}
+	if err != nil {
+		return wgtypes.Key{}, false, err
+	}
+	return key, true, nil
+}
+
+// CreatePendingKey makes a new private key and stores it as the pending
+// key (mode 0600, written atomically), for a rotation to switch to later.
+// An existing pending key is returned as it is: a rotation under way
+// carries on with the key its peers already know.
+func CreatePendingKey(stateDir string, logger *slog.Logger) (wgtypes.Key, error) {
+	if key, ok, err := LoadPendingKey(stateDir, logger); err != nil || ok {
+		return key, err
+	}
+	key, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("generate WireGuard private key: %w", err)
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return wgtypes.Key{}, fmt.Errorf("create state directory %s: %w", stateDir, err)
+	}
+	if err := atomicfile.WriteBytes(filepath.Join(stateDir, PendingKeyFile), 0o600, []byte(key.String()+"\n")); err != nil {
+		return wgtypes.Key{}, fmt.Errorf("store the next WireGuard private key: %w", err)
+	}
+	return key, nil
+}
+
+// CommitPendingKey makes the pending key the node's key: it renames the
+// pending file over the key file (atomic: a crash leaves either the old key
+// and the pending one, or the new key alone), so the old key is forgotten.
+// It fails when there is no pending key.
+func CommitPendingKey(stateDir string) error {
+	from, to := filepath.Join(stateDir, PendingKeyFile), filepath.Join(stateDir, PrivateKeyFile)
+	if err := os.Rename(from, to); err != nil {
+		return fmt.Errorf("switch to the next WireGuard key: %w", err)
+	}
+	if d, err := os.Open(stateDir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}

@@ -3,7 +3,9 @@ package crypto
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -111,3 +113,22 @@ func (s Secret) derive(info string, n int) []byte {
 	}
 	return out
 }
+
+// fingerprintInfo is the HKDF-Expand info of a secret's fingerprint.
+const fingerprintInfo = "weft secret fingerprint v1"
+
+// Fingerprint names the secret without revealing it: 16 hex digits of
+// HKDF-SHA256 under its own label. Nodes announce the fingerprints of the
+// secrets they hold, so that they agree on keys while a secret is rotated.
+func (s Secret) Fingerprint() string {
+	return hex.EncodeToString(s.derive(fingerprintInfo, 8))
+}
+
+// Equal reports whether s and o are the same secret, in constant time.
+func (s Secret) Equal(o Secret) bool {
+	return len(s) == len(o) && subtle.ConstantTimeCompare(s, o) == 1
+}
+
+// ParseSecret decodes a secret as ReadSecret does a file's content (the
+// Kubernetes Secret's value, for one).
+func ParseSecret(data []byte) (Secret, error) { return parseSecret(data) }

@@ -53,6 +53,7 @@ type agent struct {
 	metrics  *metrics
 	// healthAddrs are where /metrics, /healthz and /readyz are served.
 	healthAddrs []string
+	out         chan outMsg // direct messages to peers, sent by sendLoop
 
 	// The handoff socket: successors that ask for the data path arrive on
 	// successors (one at most is kept); successor is the one Run chose.
@@ -71,8 +72,15 @@ type agent struct {
 	lastErr    string
 	peers      map[string]*knownPeer // by name; owned by the reconcile loop, read under mu
 	unreach    string                // the peers this node cannot reach directly, as published
+	rot        keyRotation           // this node's key rotation
+	secrets    secretSet             // the cluster secrets held, newest first
+	// announcedSecrets is what gossip last got of secrets.
+	announcedSecrets string
+	switched         map[string]wgtypes.Key // peers that told of their key switch before gossip did
+	acked            map[string]ackRecord   // the last ack of each peer's next key
 
 	savedMembers []string    // gossip addresses last written to known-peers.json; reconcile loop only
+	keyringState string      // the gossip keys last set; reconcile loop only
 	savedPeers   []savedPeer // what peers.json last got; reconcile loop only
 
 	kube           kubernetes.Interface // nil without Kubernetes
@@ -104,9 +112,15 @@ type knownPeer struct {
 	// Announced is the tunnel address the peer gossips; peer.TunnelAddr
 	// holds it only once vetPeer accepted it. Refused says why not;
 	// KeyRefused: the whole peer is refused (its key is not its Node's).
-	Announced     netip.Addr
-	Refused       string
-	KeyRefused    bool
+	Announced  netip.Addr
+	Refused    string
+	KeyRefused bool
+	// Secrets are the fingerprints of the cluster secrets the peer holds.
+	Secrets []string
+	// NextKey is the key the peer announces it rotates to; NextRefused:
+	// its Node does not carry it (no ack, no switch to it).
+	NextKey       wgtypes.Key
+	NextRefused   bool
 	refusedSince  time.Time
 	refusalLogged bool
 }
@@ -117,7 +131,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	a := &agent{cfg: cfg, log: log, kick: make(chan struct{}, 1), peers: map[string]*knownPeer{}, metrics: newMetrics(),
-		successors: make(chan *handoff.Successor, 1)}
+		successors: make(chan *handoff.Successor, 1), switched: map[string]wgtypes.Key{}, acked: map[string]ackRecord{},
+		out: make(chan outMsg, 256)}
 	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -155,6 +170,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return a.pmtu.Run(gctx) })
 	g.Go(func() error { return a.probes.Run(gctx) })
 	g.Go(func() error { return a.keepNATMembership(gctx) })
+	g.Go(func() error { return a.sendLoop(gctx) })
+	switch {
+	case cfg.SecretFile != "":
+		g.Go(func() error { return a.watchSecretFile(gctx) })
+	case a.kube != nil && !a.secrets.empty():
+		g.Go(func() error { return a.watchKubeSecret(gctx) })
+	}
+	if cfg.KeyRotation > 0 {
+		g.Go(func() error { return a.autoRotateKeys(gctx) })
+	}
 	if a.kube != nil {
 		a.runKube(gctx, g)
 	}
@@ -205,6 +230,8 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	default:
 		return ErrNoSecret
 	}
+	a.secrets = newSecretSet(a.secret, time.Now())
+	a.announcedSecrets = a.secrets.fingerprints()
 	u, err := findUnderlay(cfg.Listen)
 	if err != nil {
 		return err
@@ -231,6 +258,9 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 		}
 	}
 	if a.key, err = crypto.LoadOrCreatePrivateKey(cfg.StateDir, a.log); err != nil {
+		return err
+	}
+	if err := a.resumeKeyRotation(); err != nil {
 		return err
 	}
 	if a.nl, err = netlink.NewHandle(); err != nil {
@@ -283,7 +313,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	mcfg.Seeds = append(mcfg.Seeds, loadKnownPeers(cfg.StateDir)...)
 	mcfg.Meta = a.meta()
 	mcfg.Logger = a.log.With("part", "mesh")
-	mcfg.Delegate = allocDelegate{a.alloc, a.log}
+	mcfg.Delegate = allocDelegate{a.alloc, a.log, a.handleKeyMsg}
 	if a.mesh, err = mesh.New(mcfg); err != nil {
 		return err
 	}
@@ -341,6 +371,10 @@ func (a *agent) meta() mesh.Meta {
 		ProbeAddr:   a.probeAddr,
 		NATKind:     a.natKind,
 	}
+	if a.rot.pending() {
+		m.NextPublicKey = a.rot.next.PublicKey()
+	}
+	m.Secrets = a.secrets.fingerprints()
 	if a.reflexive.IsValid() {
 		m.Reflexive = a.reflexive.String()
 	}

@@ -27,6 +27,9 @@ type backend interface {
 	Status(section string) (any, error)
 	Rmpeer(ctx context.Context, node string) (string, error)
 	Why(ctx context.Context, req api.WhyRequest) (WhyAnswer, error)
+	// RotateKey starts a rotation of the node's WireGuard key and returns
+	// the next public key.
+	RotateKey(ctx context.Context) (string, error)
 }
 
 // apiServer serves the backend on a unix socket, mode 0600.
@@ -82,6 +85,10 @@ func (s *apiServer) handler() http.Handler {
 		}
 		msg, err := s.b.Rmpeer(r.Context(), req.Node)
 		s.reply(w, r, map[string]string{"message": msg}, err)
+	})
+	mux.HandleFunc("POST "+api.PathRotateKey, func(w http.ResponseWriter, r *http.Request) {
+		next, err := s.b.RotateKey(r.Context())
+		s.reply(w, r, api.RotateKeyResponse{NextPublicKey: next}, err)
 	})
 	mux.HandleFunc("POST "+api.PathPolicyWhy, func(w http.ResponseWriter, r *http.Request) {
 		var req api.WhyRequest

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/weftnet/weft/api"
 	"github.com/weftnet/weft/ipalloc"
 	"github.com/weftnet/weft/version"
@@ -156,6 +158,9 @@ type PeerStatus struct {
 	RxBytes       int64    `json:"rxBytes"`
 	TxBytes       int64    `json:"txBytes"`
 	AllowedIPs    []string `json:"allowedIPs"`
+	// NextPublicKey is the key the peer announces it rotates to (short
+	// form, as PublicKey); empty when it is not rotating.
+	NextPublicKey string `json:"nextPublicKey,omitempty"`
 	// PMTU is the largest packet (IP total length) known to get through
 	// the tunnel to the peer, at most the tunnel's MTU; 0 until measured.
 	// TCP to and from the peer's ranges is clamped to PMTU - 40.
@@ -191,6 +196,10 @@ type PeersStatus struct {
 	DirectPeers int          `json:"directPeers"`
 	DirectShare float64      `json:"directShare"`
 	Peers       []PeerStatus `json:"peers"`
+	// KeyRotation is the state of this node's WireGuard key rotation.
+	KeyRotation KeyRotationStatus `json:"keyRotation"`
+	// Secrets is the cluster secrets held; absent with --insecure.
+	Secrets *SecretsStatus `json:"secrets,omitempty"`
 }
 
 func (a *agent) Status(section string) (any, error) {
@@ -240,6 +249,8 @@ func (a *agent) peersStatus() (PeersStatus, error) {
 	if a.tunnelAddr.IsValid() {
 		st.TunnelAddr = a.tunnelAddr.String()
 	}
+	st.KeyRotation = a.keyRotationStatus()
+	st.Secrets = a.secretsStatus()
 	st.NATKind = a.natKind
 	if a.reflexive.IsValid() {
 		st.Reflexive = a.reflexive.String()
@@ -262,6 +273,9 @@ func (a *agent) peersStatus() (PeersStatus, error) {
 				ps.TunnelAddr = kp.Announced.String()
 			}
 			ps.Refused = kp.Refused
+			if kp.NextKey != (wgtypes.Key{}) {
+				ps.NextPublicKey = shortKey(kp.NextKey.String())
+			}
 			ps.State = "down"
 			if kp.Alive {
 				ps.State = "alive"
@@ -331,6 +345,8 @@ const (
 type allocDelegate struct {
 	alloc *ipalloc.Allocator
 	log   *slog.Logger
+	// key takes the key rotation messages (tagKeyAck, tagKeySwitched).
+	key func(from string, tag byte, payload []byte) error
 }
 
 func (d allocDelegate) LocalState() []byte { return d.alloc.LocalState() }
@@ -351,6 +367,10 @@ func (d allocDelegate) NotifyMsg(from string, msg []byte) {
 		err = d.alloc.MergeRemote(msg[1:])
 	case tagAllocMsg:
 		err = d.alloc.HandleMessage(from, msg[1:])
+	case tagKeyAck, tagKeySwitched:
+		if d.key != nil {
+			err = d.key(from, msg[0], msg[1:])
+		}
 	default:
 		err = fmt.Errorf("unknown message tag %#x", msg[0])
 	}

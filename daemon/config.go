@@ -53,6 +53,14 @@ type Config struct {
 	// exits without one. A new daemon started while the old one runs takes
 	// over at once whatever this is; see the daemon/handoff package.
 	HandoffWait time.Duration
+	// KeyRotation (--key-rotation, default 0: off) rotates the node's
+	// WireGuard key whenever it is older than this; `weft rotate-key`
+	// rotates it at once.
+	KeyRotation time.Duration
+	// SecretOverlap (--secret-overlap, default 10 min) is how long a node
+	// holds the old cluster secret beside a new one: nodes still on only
+	// the old one keep working until it ends, and are out after.
+	SecretOverlap time.Duration
 }
 
 // ErrHandedOver is what Run returns when the daemon stopped because a
@@ -72,6 +80,8 @@ const (
 	DefaultWGPort      = 6784
 	DefaultMetricsAddr = ":6782"
 	SocketName         = "weft.sock"
+	// DefaultSecretOverlap is the default of --secret-overlap.
+	DefaultSecretOverlap = 10 * time.Minute
 )
 
 // DefaultConfig returns a Config with every documented default filled in.
@@ -92,6 +102,7 @@ func DefaultConfig() Config {
 		CNIConfDir:     "/etc/cni/net.d",
 		SweepInterval:  10 * time.Second,
 		MSSClamp:       true,
+		SecretOverlap:  DefaultSecretOverlap,
 	}
 }
 

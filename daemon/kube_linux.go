@@ -139,6 +139,9 @@ func (a *agent) publishNode(ctx context.Context) error {
 		ready := a.Ready().Ready
 		a.mu.Lock()
 		info := kube.NodeInfo{PublicKey: a.key.PublicKey().String(), Endpoint: a.endpoint}
+		if a.rot.pending() {
+			info.NextPublicKey = a.rot.next.PublicKey().String()
+		}
 		if a.tunnelAddr.IsValid() {
 			info.TunnelAddr = a.tunnelAddr.String()
 		}

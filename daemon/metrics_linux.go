@@ -37,6 +37,9 @@ var (
 	descAllocs        = prometheus.NewDesc("weft_ipam_allocations", "Addresses this node has handed out (its own tunnel address included).", nil, nil)
 	descUnreachAddrs  = prometheus.NewDesc("weft_ipam_unreachable_addresses", "Addresses owned by nodes this node cannot reach: candidates for `weft rmpeer` if those nodes are gone.", nil, nil)
 	descUnreach       = prometheus.NewDesc("weft_ipam_unreachable_share", "Share of the pod range owned by unreachable nodes (0 to 1).", nil, nil)
+	descKeyRotation   = prometheus.NewDesc("weft_key_rotation_pending", "1 while a rotation of this node's WireGuard key waits for its peers to ack the next key.", nil, nil)
+	descKeyRotations  = prometheus.NewDesc("weft_key_rotations_total", "Switches to a new WireGuard key this daemon made since it started.", nil, nil)
+	descSecretsHeld   = prometheus.NewDesc("weft_cluster_secrets_held", "Cluster secrets this node holds: 2 or more during a secret rotation's overlap, 0 with --insecure.", nil, nil)
 	descPendingClaims = prometheus.NewDesc("weft_ipam_pending_claims", "Reclaims of a dead node's ranges this node made that its live peers have not all confirmed yet.", nil, nil)
 )
 
@@ -46,7 +49,8 @@ var peerPaths = []string{"direct", "relayed", "none"}
 func (c metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descMembers, descHealth, descReconcileErr,
 		descPeerUp, descRelayed, descPath, descHandshake, descHandshakeAge, descRx, descTx, descPeerPMTU, descPeerRTT, descPeerLoss, descDirect,
-		descIPAMReady, descRangeSize, descOwned, descUsed, descFree, descAllocs, descUnreachAddrs, descUnreach, descPendingClaims} {
+		descIPAMReady, descRangeSize, descOwned, descUsed, descFree, descAllocs, descUnreachAddrs, descUnreach, descPendingClaims,
+		descKeyRotation, descKeyRotations, descSecretsHeld} {
 		ch <- d
 	}
 	for _, d := range policyDescs {
@@ -69,6 +73,7 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	e(descReconcileErr, prometheus.GaugeValue, b2f(failing))
 	if st, err := a.peersStatus(); err == nil {
 		collectPeers(e, st.Peers, nowUnix())
+		collectRotation(e, st)
 	} else {
 		a.log.Debug("metrics: read peers", "err", err)
 	}
@@ -118,6 +123,17 @@ func collectPeers(e emit, peers []PeerStatus, now int64) {
 			e(descPeerLoss, prometheus.GaugeValue, p.ProbeLoss, name)
 		}
 	}
+}
+
+// collectRotation reports the key rotation and the secrets held.
+func collectRotation(e emit, st PeersStatus) {
+	e(descKeyRotation, prometheus.GaugeValue, b2f(st.KeyRotation.State == "pending"))
+	e(descKeyRotations, prometheus.CounterValue, float64(st.KeyRotation.Rotations))
+	held := 0
+	if st.Secrets != nil {
+		held = len(st.Secrets.Held)
+	}
+	e(descSecretsHeld, prometheus.GaugeValue, float64(held))
 }
 
 // collectIPAM reports the ring as this node (st.Self) sees it. A node that

@@ -68,6 +68,8 @@ func TestStateMetrics(t *testing.T) {
 	}
 	c := stateCollector{func(e emit) {
 		collectPeers(e, peers, 1000)
+		collectRotation(e, PeersStatus{KeyRotation: KeyRotationStatus{State: "pending", Rotations: 2},
+			Secrets: &SecretsStatus{Held: []string{"0123456789abcdef", "fedcba9876543210"}}})
 		collectIPAM(e, ipam)
 		collectPolicy(e, pol)
 	}}

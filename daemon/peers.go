@@ -27,6 +27,9 @@ type peer struct {
 	// ProbeAddr is where the direct path to the peer is probed; it stays
 	// in the peer's own entry while its ranges are relayed. Invalid: none.
 	ProbeAddr netip.Addr
+	// PSK is the preshared key with the peer, when it differs from the
+	// view's (a cluster secret rotation moves peers one by one).
+	PSK *wgtypes.Key
 }
 
 // meshView is the desired state of the tunnel: every live peer with what it
@@ -201,7 +204,9 @@ func diffPeers(current []wgtypes.Peer, v meshView, mem endpointMemory) []wgtypes
 		changed := false
 
 		psk := wgtypes.Key{}
-		if v.PSK != nil {
+		if p.PSK != nil {
+			psk = *p.PSK
+		} else if v.PSK != nil {
 			psk = *v.PSK
 		}
 		if !exists || cur.PresharedKey != psk {

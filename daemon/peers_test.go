@@ -82,7 +82,7 @@ func TestDiffPeersGolden(t *testing.T) {
 		TunnelAddr: netip.MustParseAddr("10.32.64.1"), Ranges: pfx("10.32.64.0/18")}
 	c := peer{Name: "node3", PublicKey: testKey(3), Endpoint: udp("172.30.0.3:6784"),
 		TunnelAddr: netip.MustParseAddr("10.32.128.1"), Ranges: pfx("10.32.128.0/17")}
-	names := map[wgtypes.Key]string{testKey(2): "node2", testKey(3): "node3", testKey(4): "node4"}
+	names := map[wgtypes.Key]string{testKey(2): "node2", testKey(3): "node3", testKey(4): "node4", testKey(5): "node3"}
 	base := meshView{PSK: &psk, Keepalive: 25 * time.Second, Peers: []peer{b, c}}
 	fresh := applyToDevice(nil, diffPeers(nil, base, endpointMemory{}))
 	roamed := applyToDevice(nil, diffPeers(nil, base, endpointMemory{}))
@@ -105,6 +105,19 @@ func TestDiffPeersGolden(t *testing.T) {
 	moved.Peers[1].Endpoint = udp("172.30.1.3:6784")
 	moved.Peers[1].Ranges = pfx("10.32.128.0/18", "10.32.192.0/18")
 
+	// node3 switched to a new key: one change adds the new entry with its
+	// allowed IPs and removes the old one.
+	switched := base
+	switched.Peers = []peer{b, c}
+	switched.Peers[1].PublicKey = testKey(5)
+
+	// node2 and this node both hold a new cluster secret: only that pair's
+	// preshared key changes.
+	newPSK := testKey(8)
+	pskMoved := base
+	pskMoved.Peers = []peer{b, c}
+	pskMoved.Peers[0].PSK = &newPSK
+
 	stale := append(applyToDevice(nil, diffPeers(nil, base, endpointMemory{})), wgtypes.Peer{PublicKey: testKey(4)})
 
 	mem := func() endpointMemory {
@@ -125,6 +138,8 @@ func TestDiffPeersGolden(t *testing.T) {
 		{"peers-relayed", fresh, relayed, mem()},
 		{"peers-relayed-probe-direct", fresh, probed, mem()},
 		{"peers-dead-removed", stale, base, mem()},
+		{"peers-key-switched", fresh, switched, mem()},
+		{"peers-psk-moved", fresh, pskMoved, mem()},
 		{"peers-insecure", nil, meshView{Peers: []peer{b}}, endpointMemory{}},
 	}
 	for _, tt := range tests {

@@ -88,7 +88,13 @@ func (a *agent) foldPeers(members []mesh.Peer, ranges map[string][]netip.Prefix,
 			a.peers[m.Name] = kp
 		}
 		kp.Name = m.Name
-		kp.PublicKey = wgtypes.Key(m.Meta.PublicKey)
+		kp.NextKey = wgtypes.Key(m.Meta.NextPublicKey)
+		kp.Secrets = m.Meta.SecretFingerprints()
+		var keep bool
+		kp.PublicKey, keep = peerKey(wgtypes.Key(m.Meta.PublicKey), kp.NextKey, a.switched[m.Name])
+		if !keep {
+			delete(a.switched, m.Name)
+		}
 		kp.Announced = m.Meta.TunnelAddr
 		kp.ProbeAnnounced = m.Meta.ProbeAddr
 		kp.Endpoint = m.Meta.Endpoint
@@ -138,13 +144,22 @@ const refusalGrace = 5 * time.Second
 // refusal is logged once it has lasted refusalGrace (a node that changed
 // its key republishes it on its Node within seconds). Callers hold a.mu.
 func (a *agent) vetPeer(kp *knownPeer, ranges map[string][]netip.Prefix, now time.Time) {
-	kp.KeyRefused = false
+	kp.KeyRefused, kp.NextRefused = false, false
 	why := ""
 	if a.nodes != nil {
-		if pinned, ok := a.nodes.PublicKey(kp.Name); ok && pinned != kp.PublicKey.String() {
+		// The pin: the key the Node carries, or the one it announces as
+		// next while its node rotates (weft.dev/next-public-key).
+		pinned, ok := a.nodes.PublicKey(kp.Name)
+		next, _ := a.nodes.NextPublicKey(kp.Name)
+		if ok && !pinAccepts(pinned, next, kp.PublicKey) {
 			why = fmt.Sprintf("announces public key %s, but its Node carries %s", shortKey(kp.PublicKey.String()), shortKey(pinned))
 			kp.KeyRefused = true
 		}
+		kp.NextRefused = ok && kp.NextKey != (wgtypes.Key{}) && !pinAccepts(pinned, next, kp.NextKey)
+	}
+	if _, ok := a.presharedKey(kp.Secrets); !ok && why == "" {
+		why = "holds none of this node's cluster secrets (the secret overlap ended before it got the new one)"
+		kp.KeyRefused = true
 	}
 	if why == "" {
 		why = checkTunnelAddr(kp.Name, kp.Announced, a.cfg.PodCIDR, ranges)
@@ -211,22 +226,24 @@ func (a *agent) view() (meshView, netip.Addr) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	v := meshView{Keepalive: keepalive}
-	if a.secret != nil {
-		psk := a.secret.PresharedKey()
-		v.PSK = &psk
-	}
 	for _, kp := range a.peers {
 		if kp.KeyRefused {
 			continue
 		}
-		v.Peers = append(v.Peers, kp.peer)
+		p := kp.peer
+		p.PSK, _ = a.presharedKey(kp.Secrets)
+		v.Peers = append(v.Peers, p)
 	}
 	return v, a.tunnelAddr
 }
 
 // reconcile is one pass: tunnel link, peers, routes, masquerade.
 func (a *agent) reconcile(mem endpointMemory) error {
-	a.refreshPeers(time.Now())
+	now := time.Now()
+	a.refreshPeers(now)
+	a.syncSecrets(now)
+	a.sendKeyAcks(now)
+	a.advanceKeyRotation(now)
 	a.rememberPeers()
 	_, self := a.view()
 	a.mu.Lock()

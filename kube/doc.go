@@ -38,9 +38,12 @@ const LeaseNamespace = "weft-system"
 // tools to read; the public key also pins what that node's gossip may
 // announce (a peer whose gossiped key differs gets no tunnel).
 const (
-	AnnotationPublicKey   = "weft.dev/public-key"
-	AnnotationEndpoint    = "weft.dev/endpoint"
-	AnnotationTunnelAddr  = "weft.dev/tunnel-address"
-	fieldManager          = "weft"
-	defaultRequestTimeout = 30 * time.Second
+	AnnotationPublicKey = "weft.dev/public-key"
+	// AnnotationNextPublicKey is the key a node rotates to while a key
+	// rotation is under way: peers accept it as well as the pinned one.
+	AnnotationNextPublicKey = "weft.dev/next-public-key"
+	AnnotationEndpoint      = "weft.dev/endpoint"
+	AnnotationTunnelAddr    = "weft.dev/tunnel-address"
+	fieldManager            = "weft"
+	defaultRequestTimeout   = 30 * time.Second
 )

@@ -17,6 +17,8 @@ type NodeInfo struct {
 	PublicKey  string // WireGuard public key, base64
 	Endpoint   string // host:port peers dial for WireGuard
 	TunnelAddr string // this node's address on the overlay; "" while it has none
+	// NextPublicKey is the key of a rotation under way; "" when none.
+	NextPublicKey string
 }
 
 // PublishNode writes info as annotations of the Node nodeName
@@ -26,9 +28,10 @@ type NodeInfo struct {
 func PublishNode(ctx context.Context, client kubernetes.Interface, nodeName string, info NodeInfo) error {
 	annotations := map[string]any{}
 	for key, v := range map[string]string{
-		AnnotationPublicKey:  info.PublicKey,
-		AnnotationEndpoint:   info.Endpoint,
-		AnnotationTunnelAddr: info.TunnelAddr,
+		AnnotationPublicKey:     info.PublicKey,
+		AnnotationEndpoint:      info.Endpoint,
+		AnnotationTunnelAddr:    info.TunnelAddr,
+		AnnotationNextPublicKey: info.NextPublicKey,
 	} {
 		if v == "" {
 			annotations[key] = nil // merge patch: remove

@@ -50,6 +50,7 @@ type Nodes struct {
 	mu         sync.Mutex
 	addrs      map[string]string // node name -> its seed address ("" when it has none yet)
 	keys       map[string]string // node name -> its AnnotationPublicKey, when set
+	nextKeys   map[string]string // node name -> its AnnotationNextPublicKey, when set
 	deletedQ   []string          // deleted names not yet handed to Deleted's reader
 	runStarted bool
 }
@@ -69,14 +70,15 @@ func NewNodes(cfg NodesConfig) (*Nodes, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	n := &Nodes{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		changes: make(chan struct{}, 1),
-		deleted: make(chan string),
-		synced:  make(chan struct{}),
-		pending: make(chan struct{}, 1),
-		addrs:   map[string]string{},
-		keys:    map[string]string{},
+		cfg:      cfg,
+		log:      cfg.Logger,
+		changes:  make(chan struct{}, 1),
+		deleted:  make(chan string),
+		synced:   make(chan struct{}),
+		pending:  make(chan struct{}, 1),
+		addrs:    map[string]string{},
+		keys:     map[string]string{},
+		nextKeys: map[string]string{},
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync, informers.WithTransform(stripNode))
 	n.informer = factory.Core().V1().Nodes().Informer()
@@ -100,8 +102,13 @@ func stripNode(obj any) (any, error) {
 		return obj, nil // a tombstone; its object was stripped when cached
 	}
 	meta := metav1.ObjectMeta{Name: node.Name, UID: node.UID, ResourceVersion: node.ResourceVersion}
-	if k, ok := node.Annotations[AnnotationPublicKey]; ok {
-		meta.Annotations = map[string]string{AnnotationPublicKey: k}
+	for _, a := range []string{AnnotationPublicKey, AnnotationNextPublicKey} {
+		if k, ok := node.Annotations[a]; ok {
+			if meta.Annotations == nil {
+				meta.Annotations = map[string]string{}
+			}
+			meta.Annotations[a] = k
+		}
 	}
 	return &corev1.Node{ObjectMeta: meta, Status: corev1.NodeStatus{Addresses: node.Status.Addresses}}, nil
 }
@@ -112,6 +119,16 @@ func (n *Nodes) PublicKey(node string) (string, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	k, ok := n.keys[node]
+	return k, ok
+}
+
+// NextPublicKey returns the key the Node's daemon rotates to
+// (AnnotationNextPublicKey), if a rotation is under way: its gossip may
+// announce that one too.
+func (n *Nodes) NextPublicKey(node string) (string, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	k, ok := n.nextKeys[node]
 	return k, ok
 }
 
@@ -206,6 +223,11 @@ func (n *Nodes) upsert(obj any) {
 	} else {
 		delete(n.keys, node.Name)
 	}
+	if k, ok := node.Annotations[AnnotationNextPublicKey]; ok {
+		n.nextKeys[node.Name] = k
+	} else {
+		delete(n.nextKeys, node.Name)
+	}
 	n.mu.Unlock()
 	if !known || old != addr {
 		n.log.Debug("node seen", "node", node.Name, "addr", addr)
@@ -224,6 +246,7 @@ func (n *Nodes) remove(obj any) {
 	n.mu.Lock()
 	delete(n.addrs, node.Name)
 	delete(n.keys, node.Name)
+	delete(n.nextKeys, node.Name)
 	n.deletedQ = append(n.deletedQ, node.Name)
 	n.mu.Unlock()
 	n.log.Info("node deleted", "node", node.Name)

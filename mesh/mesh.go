@@ -71,6 +71,10 @@ type Mesh struct {
 
 	closeMu sync.RWMutex // write-held while shutting memberlist down
 
+	// keyring holds the gossip keys (nil: insecure); memberlist encrypts
+	// with its primary key and accepts any of them. See SetKeys.
+	keyring *memberlist.Keyring
+
 	mu        sync.Mutex // guards the fields below
 	meta      Meta
 	metaBytes []byte
@@ -169,7 +173,12 @@ func (m *Mesh) memberlistConfig() (*memberlist.Config, memberlist.NodeAwareTrans
 	mc.DeadNodeReclaimTime = cfg.DeadNodeReclaimTime
 	mc.TCPTimeout = cfg.TCPTimeout
 	if len(cfg.Key) > 0 {
-		mc.SecretKey = slices.Clone(cfg.Key)
+		kr, err := memberlist.NewKeyring(nil, slices.Clone(cfg.Key))
+		if err != nil {
+			return nil, nil, fmt.Errorf("gossip key: %w", err)
+		}
+		mc.Keyring = kr
+		m.keyring = kr
 	}
 	// memberlist's LZW compression allocates a fresh 16 KiB table for
 	// every packet it sends: at hundreds of members that was a fifth of

@@ -44,6 +44,14 @@ type Meta struct {
 	// separated by commas, so every node can agree on a relay for them.
 	// Usually empty. A string keeps Meta comparable; see UnreachablePeers.
 	Unreachable string
+	// NextPublicKey is the WireGuard public key the node will switch to
+	// (a key rotation under way); zero when none is pending.
+	NextPublicKey [32]byte
+	// Secrets lists the fingerprints of the cluster secrets the node
+	// holds, newest first, separated by commas (see SecretFingerprints):
+	// peers agree on the gossip key and preshared key from it while a
+	// secret is rotated. Empty without a secret.
+	Secrets string
 	// ProbeAddr is the node's probe address on the overlay: peers probe
 	// their direct path to it (it stays on the direct path while the
 	// node's ranges are relayed). The zero Addr: none (an older node).
@@ -65,6 +73,14 @@ func (m Meta) UnreachablePeers() []string {
 	return strings.Split(m.Unreachable, ",")
 }
 
+// SecretFingerprints splits Secrets into fingerprints, newest first.
+func (m Meta) SecretFingerprints() []string {
+	if m.Secrets == "" {
+		return nil
+	}
+	return strings.Split(m.Secrets, ",")
+}
+
 // Encoding: one byte of ProtoVersion, then fields as (tag, length, value)
 // with tag and length as unsigned varints. Empty fields are left out.
 // Decoders skip unknown tags, so a later minor version can add fields.
@@ -77,6 +93,8 @@ const (
 	tagProbeAddr   = 6
 	tagNATKind     = 7
 	tagReflexive   = 8
+	tagNextKey     = 9
+	tagSecrets     = 10
 )
 
 // Encode returns the wire form of m. It fails if m would not fit in
@@ -122,6 +140,12 @@ func (m Meta) Encode() ([]byte, error) {
 	}
 	if m.Reflexive != "" {
 		buf = appendField(buf, tagReflexive, []byte(m.Reflexive))
+	}
+	if m.NextPublicKey != ([32]byte{}) {
+		buf = appendField(buf, tagNextKey, m.NextPublicKey[:])
+	}
+	if m.Secrets != "" {
+		buf = appendField(buf, tagSecrets, []byte(m.Secrets))
 	}
 	if len(buf) > MaxMetaSize {
 		return nil, fmt.Errorf("encode meta: %d bytes, more than the %d memberlist allows; shorten the node name, endpoint or unreachable list", len(buf), MaxMetaSize)
@@ -186,6 +210,13 @@ func (m *Meta) setField(tag uint64, val []byte) error {
 			return fmt.Errorf("public key of %d bytes, want %d", len(val), len(m.PublicKey))
 		}
 		copy(m.PublicKey[:], val)
+	case tagNextKey:
+		if len(val) != len(m.NextPublicKey) {
+			return fmt.Errorf("next public key of %d bytes, want %d", len(val), len(m.NextPublicKey))
+		}
+		copy(m.NextPublicKey[:], val)
+	case tagSecrets:
+		m.Secrets = string(val)
 	case tagEndpoint:
 		m.Endpoint = string(val)
 	case tagTunnelAddr:

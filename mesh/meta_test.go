@@ -30,6 +30,7 @@ func TestMetaRoundTrip(t *testing.T) {
 		{"explicit proto", Meta{Proto: ProtoVersion, Name: "x"}},
 		{"unreachable peers", Meta{Name: "n1", Unreachable: "n2,n7"}},
 		{"probe address and NAT", Meta{Name: "n1", ProbeAddr: netip.MustParseAddr("10.32.0.2"), NATKind: "cone", Reflexive: "192.0.2.1:10001"}},
+		{"rotating key and secrets", Meta{Name: "n1", PublicKey: testKey(1), NextPublicKey: testKey(2), Secrets: "0123456789abcdef,fedcba9876543210"}},
 		{"long name", Meta{Name: strings.Repeat("a", 253), PublicKey: testKey(3), Endpoint: strings.Repeat("b", 200) + ":1"}},
 	}
 	for _, tt := range tests {

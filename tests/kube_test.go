@@ -610,6 +610,8 @@ func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
 	}
 	checks = append(checks,
 		rbacCheck{"get", "", "secrets", "", ks, "weft", true},
+		rbacCheck{"list", "", "secrets", "", ks, "weft", true},
+		rbacCheck{"watch", "", "secrets", "", ks, "weft", true},
 		rbacCheck{"create", "", "secrets", "", ks, "", true},
 		rbacCheck{"get", "", "configmaps", "", ks, "weft-ipam-genesis", true},
 		rbacCheck{"create", "", "configmaps", "", ks, "", true},
