@@ -40,15 +40,8 @@ func LoadOrCreatePrivateKey(stateDir string, logger *slog.Logger) (wgtypes.Key, 
 		return wgtypes.Key{}, err
 	}
 
-	key, err = wgtypes.GeneratePrivateKey()
-	if err != nil {
-		return wgtypes.Key{}, fmt.Errorf("generate WireGuard private key: %w", err)
-	}
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return wgtypes.Key{}, fmt.Errorf("create state directory %s: %w", stateDir, err)
-	}
-	if err := atomicfile.WriteBytes(path, 0o600, []byte(key.String()+"\n")); err != nil {
-		return wgtypes.Key{}, fmt.Errorf("store WireGuard private key: %w", err)
+	if key, err = createKeyFile(stateDir, path, "WireGuard private key"); err != nil {
+		return wgtypes.Key{}, err
 	}
 	logger.Info("created WireGuard private key", "file", path, "public_key", key.PublicKey().String())
 	return key, nil
@@ -107,6 +100,12 @@ func CreatePendingKey(stateDir string, logger *slog.Logger) (wgtypes.Key, error)
 	if key, ok, err := LoadPendingKey(stateDir, logger); err != nil || ok {
 		return key, err
 	}
+	return createKeyFile(stateDir, filepath.Join(stateDir, PendingKeyFile), "the next WireGuard private key")
+}
+
+// createKeyFile makes a new private key and stores it at path (mode 0600,
+// written atomically), creating stateDir with mode 0700 if it is missing.
+func createKeyFile(stateDir, path, what string) (wgtypes.Key, error) {
 	key, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		return wgtypes.Key{}, fmt.Errorf("generate WireGuard private key: %w", err)
@@ -114,8 +113,8 @@ func CreatePendingKey(stateDir string, logger *slog.Logger) (wgtypes.Key, error)
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return wgtypes.Key{}, fmt.Errorf("create state directory %s: %w", stateDir, err)
 	}
-	if err := atomicfile.WriteBytes(filepath.Join(stateDir, PendingKeyFile), 0o600, []byte(key.String()+"\n")); err != nil {
-		return wgtypes.Key{}, fmt.Errorf("store the next WireGuard private key: %w", err)
+	if err := atomicfile.WriteBytes(path, 0o600, []byte(key.String()+"\n")); err != nil {
+		return wgtypes.Key{}, fmt.Errorf("store %s: %w", what, err)
 	}
 	return key, nil
 }
