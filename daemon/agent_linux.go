@@ -50,6 +50,7 @@ type agent struct {
 	kick     chan struct{}
 	pmtu     *pmtuProber // path MTU of every peer
 	probes   *pathProber // liveness of every direct path
+	relays   *relaySignaller
 	metrics  *metrics
 	// healthAddrs are where /metrics, /healthz and /readyz are served.
 	healthAddrs []string
@@ -70,7 +71,6 @@ type agent struct {
 	notReady   string
 	lastErr    string
 	peers      map[string]*knownPeer // by name; owned by the reconcile loop, read under mu
-	unreach    string                // the peers this node cannot reach directly, as published
 
 	savedMembers []string    // gossip addresses last written to known-peers.json; reconcile loop only
 	savedPeers   []savedPeer // what peers.json last got; reconcile loop only
@@ -90,11 +90,10 @@ type agent struct {
 // after it stopped answering.
 type knownPeer struct {
 	peer
-	Alive       bool
-	LastSeen    time.Time
-	Endpoint    string
-	Unreachable []string // the peers it reports it cannot reach directly
-	probe       pathProbe
+	Alive    bool
+	LastSeen time.Time
+	Endpoint string
+	probe    pathProbe
 	// ProbeAnnounced is the probe address the peer gossips (peer.ProbeAddr
 	// once vetted); NATKind and Reflexive what it tells of its NAT.
 	ProbeAnnounced netip.Addr
@@ -154,6 +153,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return a.reconcileLoop(gctx) })
 	g.Go(func() error { return a.pmtu.Run(gctx) })
 	g.Go(func() error { return a.probes.Run(gctx) })
+	g.Go(func() error { return a.relays.Run(gctx) })
 	g.Go(func() error { return a.keepNATMembership(gctx) })
 	if a.kube != nil {
 		a.runKube(gctx, g)
@@ -279,7 +279,11 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	mcfg.Seeds = append(mcfg.Seeds, loadKnownPeers(cfg.StateDir)...)
 	mcfg.Meta = a.meta()
 	mcfg.Logger = a.log.With("part", "mesh")
-	mcfg.Delegate = allocDelegate{a.alloc, a.log}
+	a.relays = newRelaySignaller(relaySignallerConfig{
+		Self: cfg.NodeName, Private: a.key, PublicKey: a.peerKey, Accept: a.relayAccepts, OnChange: a.trigger,
+		Broadcast: func(b []byte) { a.mesh.Broadcast(b) }, Log: a.log.With("part", "relay"),
+	})
+	mcfg.Delegate = allocDelegate{a.alloc, a.relays, a.log}
 	if a.mesh, err = mesh.New(mcfg); err != nil {
 		return err
 	}
@@ -328,14 +332,13 @@ func (a *agent) meta() mesh.Meta {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	m := mesh.Meta{
-		Proto:       mesh.ProtoVersion,
-		Name:        a.cfg.NodeName,
-		PublicKey:   a.key.PublicKey(),
-		Endpoint:    a.endpoint,
-		TunnelAddr:  a.tunnelAddr,
-		Unreachable: a.unreach,
-		ProbeAddr:   a.probeAddr,
-		NATKind:     a.natKind,
+		Proto:      mesh.ProtoVersion,
+		Name:       a.cfg.NodeName,
+		PublicKey:  a.key.PublicKey(),
+		Endpoint:   a.endpoint,
+		TunnelAddr: a.tunnelAddr,
+		ProbeAddr:  a.probeAddr,
+		NATKind:    a.natKind,
 	}
 	if a.reflexive.IsValid() {
 		m.Reflexive = a.reflexive.String()

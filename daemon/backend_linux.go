@@ -329,8 +329,9 @@ const (
 
 // allocDelegate hands the allocator's ring to the gossip.
 type allocDelegate struct {
-	alloc *ipalloc.Allocator
-	log   *slog.Logger
+	alloc  *ipalloc.Allocator
+	relays *relaySignaller // relay signalling rides on the same messages
+	log    *slog.Logger
 }
 
 func (d allocDelegate) LocalState() []byte { return d.alloc.LocalState() }
@@ -351,6 +352,8 @@ func (d allocDelegate) NotifyMsg(from string, msg []byte) {
 		err = d.alloc.MergeRemote(msg[1:])
 	case tagAllocMsg:
 		err = d.alloc.HandleMessage(from, msg[1:])
+	case tagRelaySignal:
+		d.relays.receive(from, msg[1:])
 	default:
 		err = fmt.Errorf("unknown message tag %#x", msg[0])
 	}

@@ -6,16 +6,15 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"slices"
-	"strings"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-// judgePaths judges each direct path, publishes the peers this node cannot
-// reach directly, picks a relay for every pair that needs one, and re-arms
-// the keepalive of relayed peers so their direct path is tried again.
+// judgePaths judges each direct path, tells the relay protocol which peers
+// this node cannot reach directly and takes from it the relay of every pair
+// that needs one, and re-arms the keepalive of relayed peers so their
+// direct path is tried again.
 //
 // A peer with a probe address is judged by the probes (liveness.go): down
 // after a few lost in a row, up again after a few answered. A peer without
@@ -30,12 +29,11 @@ func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
 	natChanged := a.judgeNAT()
 	a.mu.Lock()
 	var unreachable, members []string
-	members = append(members, a.cfg.NodeName)
 	for name, kp := range a.peers {
 		if r, ok := rx[kp.PublicKey]; ok {
 			kp.probe.observe(r, now)
 		}
-		if !kp.Alive {
+		if !kp.Alive || kp.KeyRefused {
 			continue
 		}
 		members = append(members, name)
@@ -47,30 +45,23 @@ func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
 			unreachable = append(unreachable, name)
 		}
 	}
-	slices.Sort(unreachable)
-	mine := strings.Join(unreachable, ",")
-	changed := mine != a.unreach || natChanged
-	a.unreach = mine
-	lists := func(n string) []string {
-		if n == a.cfg.NodeName {
-			return unreachable
-		}
-		if kp := a.peers[n]; kp != nil {
-			return kp.Unreachable
-		}
-		return nil
-	}
+	a.mu.Unlock()
+	relays := a.relays.update(members, unreachable, now)
+	a.mu.Lock()
 	var probe []wgtypes.Key
 	for name, kp := range a.peers {
 		via := ""
 		if kp.Alive {
-			via = chooseRelay(a.cfg.NodeName, name, members, lists)
+			via = relays[name]
 		}
 		if via != kp.RelayVia {
-			if via == "" {
-				a.log.Info("direct path works again", "peer", name, "relayed-for", now.Sub(kp.pathSince).Round(time.Millisecond))
-			} else {
+			switch {
+			case via == "":
+				a.log.Info("relay of peer ends", "peer", name, "was-via", kp.RelayVia, "relayed-for", now.Sub(kp.pathSince).Round(time.Millisecond))
+			case kp.RelayVia == "":
 				a.log.Info("no direct path; relaying", "peer", name, "via", via)
+			default:
+				a.log.Info("relay of peer changes", "peer", name, "via", via, "was-via", kp.RelayVia)
 			}
 			kp.RelayVia = via
 			kp.pathSince = now
@@ -83,9 +74,9 @@ func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
 	a.mu.Unlock()
 
 	var errs []error
-	if changed {
+	if natChanged {
 		if err := a.mesh.SetMeta(a.meta()); err != nil {
-			errs = append(errs, fmt.Errorf("publish unreachable peers: %w", err))
+			errs = append(errs, fmt.Errorf("publish the NAT kind: %w", err))
 		}
 	}
 	// Turning a keepalive on sends one at once: a handshake on the direct
@@ -101,6 +92,32 @@ func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// peerKey is the vetted public key of a live member, for the relay
+// protocol's MACs.
+func (a *agent) peerKey(name string) (wgtypes.Key, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	kp := a.peers[name]
+	if kp == nil || !kp.Alive || kp.KeyRefused {
+		return wgtypes.Key{}, false
+	}
+	return kp.PublicKey, true
+}
+
+// relayAccepts reports whether this node can forward for the pair (x, y):
+// it has a vetted tunnel to both ends.
+func (a *agent) relayAccepts(x, y string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, n := range []string{x, y} {
+		kp := a.peers[n]
+		if kp == nil || !kp.Alive || kp.KeyRefused {
+			return false
+		}
+	}
+	return true
 }
 
 // judgeNAT updates this node's NAT kind and reflexive endpoint from where

@@ -90,7 +90,6 @@ func (a *agent) refreshPeers(now time.Time) {
 			kp.Reflexive, _ = netip.ParseAddrPort(m.Meta.Reflexive)
 		}
 		kp.peer.Endpoint = resolveEndpoint(peerEndpoint(m.Meta.Endpoint, kp.Reflexive, a.reflexive))
-		kp.Unreachable = m.Meta.UnreachablePeers()
 		if kp.pathSince.IsZero() {
 			kp.pathSince = now
 		}
