@@ -281,8 +281,9 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	mcfg.Logger = a.log.With("part", "mesh")
 	a.relays = newRelaySignaller(relaySignallerConfig{
 		Self: cfg.NodeName, Private: a.key, PublicKey: a.peerKey, Accept: a.relayAccepts, OnChange: a.trigger,
-		Broadcast: func(b []byte) { a.mesh.Broadcast(b) }, Log: a.log.With("part", "relay"),
+		Broadcast: func(b []byte) { a.mesh.Broadcast(b) }, Direct: a.signalDirect, Log: a.log.With("part", "relay"),
 	})
+	a.probes.onSignal = a.relays.receive
 	mcfg.Delegate = allocDelegate{a.alloc, a.relays, a.log}
 	if a.mesh, err = mesh.New(mcfg); err != nil {
 		return err

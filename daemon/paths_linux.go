@@ -106,6 +106,23 @@ func (a *agent) peerKey(name string) (wgtypes.Key, bool) {
 	return kp.PublicKey, true
 }
 
+// signalDirect sends a relay signalling message to the probe address of
+// the peer to, through the tunnel, when the peer has one.
+func (a *agent) signalDirect(to string, msg []byte) {
+	a.mu.Lock()
+	var addr netip.Addr
+	if kp := a.peers[to]; kp != nil && kp.Alive && !kp.KeyRefused {
+		addr = kp.ProbeAddr
+	}
+	a.mu.Unlock()
+	if !addr.IsValid() {
+		return
+	}
+	if err := a.probes.SendSignal(addr, a.cfg.NodeName, msg); err != nil {
+		a.log.Debug("relay message not sent through the tunnel", "peer", to, "err", err)
+	}
+}
+
 // relayAccepts reports whether this node can forward for the pair (x, y):
 // it has a vetted tunnel to both ends.
 func (a *agent) relayAccepts(x, y string) bool {

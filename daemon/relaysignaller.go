@@ -24,6 +24,11 @@ type relaySignallerConfig struct {
 	PublicKey func(name string) (wgtypes.Key, bool)
 	// Broadcast gossips a message to every node; it must not block.
 	Broadcast func([]byte)
+	// Direct sends a message to the node to through the tunnel, best
+	// effort, if its direct path may work; nil: never. Each message goes
+	// both ways: gossip reaches the ends of a cut pair, the tunnel a node
+	// behind NAT, which gossip from outside its site does not reach.
+	Direct func(to string, msg []byte)
 	// OnChange is called (from Run) when the relay of a pair changed.
 	OnChange func()
 	// Accept reports whether this node forwards for the pair; nil: it does.
@@ -177,6 +182,10 @@ func (r *relaySignaller) send(msgs []relayMsg) {
 		if err != nil {
 			continue
 		}
-		r.cfg.Broadcast(append([]byte{tagRelaySignal}, encodeRelayMsg(m, r.cfg.Self, key)...))
+		wire := encodeRelayMsg(m, r.cfg.Self, key)
+		r.cfg.Broadcast(append([]byte{tagRelaySignal}, wire...))
+		if r.cfg.Direct != nil {
+			r.cfg.Direct(m.To, wire)
+		}
 	}
 }
