@@ -67,6 +67,8 @@ type agent struct {
 	probeAddr  netip.Addr     // where peers probe this node's direct paths
 	natKind    string         // what peers' answers tell of this node's NAT
 	reflexive  netip.AddrPort // this node's public endpoint behind a cone NAT
+	reached    []string       // live peers whose direct path works
+	cutOff     bool           // most live peers cannot be reached directly
 	ready      bool
 	notReady   string
 	lastErr    string

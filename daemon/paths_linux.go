@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -28,7 +29,7 @@ func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
 	results := a.probes.Results()
 	natChanged := a.judgeNAT()
 	a.mu.Lock()
-	var unreachable, members []string
+	var unreachable, members, reached []string
 	for name, kp := range a.peers {
 		if r, ok := rx[kp.PublicKey]; ok {
 			kp.probe.observe(r, now)
@@ -43,8 +44,12 @@ func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
 		}
 		if !healthy {
 			unreachable = append(unreachable, name)
+		} else {
+			reached = append(reached, name)
 		}
 	}
+	a.reached = reached
+	a.cutOff = len(unreachable) > 0 && 2*len(unreachable) >= len(members)
 	a.mu.Unlock()
 	relays := a.relays.update(members, unreachable, now)
 	a.mu.Lock()
@@ -184,12 +189,15 @@ func (a *agent) syncProbes(v meshView, devPeers []wgtypes.Peer, self netip.Addr)
 // refute (about 4 s).
 const natSync = 2 * time.Second
 
-// keepNATMembership keeps a node behind NAT a member. Nodes outside its site
-// cannot send to it, so their gossip probes of it fail and they suspect it;
-// gossip telling it so cannot reach it either. So, while its peers' answers
-// say it is behind NAT, it pushes and pulls the membership with a random
-// peer not behind NAT every natSync, learns of the suspicion and refutes it
-// before it is declared dead.
+// keepNATMembership keeps a node behind NAT, or one cut off from most of
+// its peers, a member. Nodes outside its site (or cut from it) cannot send
+// to it, so their gossip probes of it fail (an indirect probe needs a
+// helper that reaches it, which few are) and they suspect it; gossip
+// telling it so hardly reaches it either. So, while its peers' answers say
+// it is behind NAT, it pushes and pulls the membership with a random peer
+// not behind NAT every natSync, and while it cannot reach most of its peers
+// directly, with a random peer it does reach; it learns of the suspicion
+// and refutes it before it is declared dead.
 func (a *agent) keepNATMembership(ctx context.Context) error {
 	t := time.NewTicker(natSync)
 	defer t.Stop()
@@ -202,18 +210,22 @@ func (a *agent) keepNATMembership(ctx context.Context) error {
 		a.mu.Lock()
 		natted := a.natKind == natCone || a.natKind == natSymmetric
 		var open []string
-		for name, kp := range a.peers {
-			if kp.Alive && kp.NATKind == natNone {
-				open = append(open, name)
+		if natted {
+			for name, kp := range a.peers {
+				if kp.Alive && kp.NATKind == natNone {
+					open = append(open, name)
+				}
 			}
+		} else if a.cutOff {
+			open = slices.Clone(a.reached)
 		}
 		a.mu.Unlock()
-		if !natted || len(open) == 0 {
+		if len(open) == 0 {
 			continue
 		}
 		peer := open[rand.IntN(len(open))]
 		if err := a.mesh.SyncWith(peer); err != nil {
-			a.log.Debug("membership sync from behind NAT failed", "peer", peer, "err", err)
+			a.log.Debug("membership sync from behind NAT or a cut failed", "peer", peer, "err", err)
 		}
 	}
 }
