@@ -49,6 +49,7 @@ type relaySignal struct {
 	sent     map[string]sentReport // the list each peer was last sent
 	pairs    map[string]*pairRelay // by the other end
 	serving  map[[2]string]uint64  // pairs this node relays → epoch
+	gone     map[string]time.Time  // peers that left the members, since when
 	out      *outbox
 	acks     []relayMsg // to send once
 	counter  uint64     // the last epoch or version given
@@ -62,6 +63,7 @@ type relaySignalConfig struct {
 	ProposalTimeout time.Duration // an unanswered proposal counts as refused after this
 	RefusalTTL      time.Duration // a candidate that refused is asked again after this
 	ReportRefresh   time.Duration // a list is sent again this often while its pair is cut
+	GoneTTL         time.Duration // the state of a peer gone from the members is kept this long
 	// Accept reports whether this node forwards for the pair; nil: it does.
 	Accept func(a, b string) bool
 	// Start seeds epochs and versions, so those of a restarted node are
@@ -71,7 +73,7 @@ type relaySignalConfig struct {
 
 func defaultRelaySignalConfig(self string, start time.Time) relaySignalConfig {
 	return relaySignalConfig{Self: self, Retry: defaultRetryConfig(), ProposalTimeout: 4 * time.Second,
-		RefusalTTL: 30 * time.Second, ReportRefresh: 30 * time.Second, Start: start}
+		RefusalTTL: 5 * time.Second, ReportRefresh: 30 * time.Second, GoneTTL: 30 * time.Second, Start: start}
 }
 
 type peerReport struct {
@@ -100,7 +102,7 @@ func newRelaySignal(cfg relaySignalConfig) *relaySignal {
 	start := uint64(cfg.Start.UnixNano())
 	return &relaySignal{cfg: cfg, members: map[string]bool{}, unreach: map[string]bool{},
 		reports: map[string]peerReport{}, sent: map[string]sentReport{}, pairs: map[string]*pairRelay{},
-		serving: map[[2]string]uint64{}, out: newOutbox(cfg.Retry, start), counter: start, version: start}
+		serving: map[[2]string]uint64{}, gone: map[string]time.Time{}, out: newOutbox(cfg.Retry, start), counter: start, version: start}
 }
 
 func (s *relaySignal) next() uint64 {
@@ -109,7 +111,12 @@ func (s *relaySignal) next() uint64 {
 }
 
 // update gives the live peers and those this node cannot reach directly.
-func (s *relaySignal) update(members, unreachable []string) {
+// The state of a peer that is gone is kept for GoneTTL, so that a short
+// false death (a cut-off node is often suspected) costs nothing but the
+// gap; when it comes back, it is sent this node's list again and, by the
+// proposer, a fresh proposal to the relay in use, in case it restarted and
+// lost its own state.
+func (s *relaySignal) update(members, unreachable []string, now time.Time) {
 	live := map[string]bool{}
 	for _, m := range members {
 		if m != s.cfg.Self {
@@ -118,8 +125,24 @@ func (s *relaySignal) update(members, unreachable []string) {
 	}
 	for m := range s.members {
 		if !live[m] {
-			// Gone: a node that comes back starts afresh on both sides.
 			s.out.drop(m)
+			s.gone[m] = now
+		}
+	}
+	for m := range live {
+		if _, was := s.gone[m]; !was {
+			continue
+		}
+		delete(s.gone, m)
+		delete(s.sent, m)
+		if pr := s.pairs[m]; pr != nil && s.cfg.Self < m && pr.via != "" && live[pr.via] {
+			pr.proposed, pr.propEpoch, pr.proposedAt = pr.via, s.next(), now
+			s.out.put(relayMsg{Kind: kindPropose, To: pr.via, A: s.cfg.Self, B: m, Epoch: pr.propEpoch}, now)
+		}
+	}
+	for m, at := range s.gone {
+		if now.Sub(at) >= s.cfg.GoneTTL {
+			delete(s.gone, m)
 			delete(s.reports, m)
 			delete(s.sent, m)
 			delete(s.pairs, m)
@@ -307,6 +330,9 @@ func (s *relaySignal) receive(from string, m relayMsg, now time.Time) {
 		if pr := s.pairs[peer]; pr != nil && pr.proposed == from && pr.propEpoch == m.Epoch {
 			pr.refused[from] = now
 			pr.proposed = ""
+			if pr.via == from {
+				pr.via = "" // it no longer carries the pair
+			}
 			s.refusals++
 		}
 	case kindWithdraw:

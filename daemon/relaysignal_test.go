@@ -80,7 +80,7 @@ func (s *simNet) round() {
 			}
 		}
 		st := s.nodes[n]
-		st.update(live, un)
+		st.update(live, un, s.now)
 		st.step(s.now)
 		for _, m := range st.outgoing(s.now) {
 			s.sent++
@@ -342,7 +342,7 @@ func TestOutboxBackoff(t *testing.T) {
 func TestRelaySignalIdempotent(t *testing.T) {
 	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
 	b := newRelaySignal(defaultRelaySignalConfig("b", t0))
-	b.update([]string{"a", "r1", "r2"}, []string{"a"})
+	b.update([]string{"a", "r1", "r2"}, []string{"a"}, t0)
 	confirm := func(from string, epoch uint64) {
 		b.receive(from, relayMsg{Kind: kindConfirm, To: "b", A: "a", B: "b", Epoch: epoch, ID: epoch}, t0)
 	}

@@ -121,7 +121,7 @@ func (r *relaySignaller) receive(from string, b []byte) {
 func (r *relaySignaller) update(members, unreachable []string, now time.Time) map[string]string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.st.update(members, unreachable)
+	r.st.update(members, unreachable, now)
 	r.st.step(now)
 	r.relays = r.currentRelays()
 	return maps.Clone(r.relays)
