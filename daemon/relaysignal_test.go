@@ -369,3 +369,30 @@ func TestRelaySignalIdempotent(t *testing.T) {
 		t.Errorf("%d messages out, want an ack for each of the 6 received at least", got)
 	}
 }
+
+// TestRelaySignalShortAbsence: an end judged dead for a moment (a cut-off
+// node is often suspected) is relayed again, confirmed anew, both ends
+// agreeing (through the same relay unless it still missed the end when
+// asked, as here, where it hears of the return after the proposal).
+func TestRelaySignalShortAbsence(t *testing.T) {
+	s := newSimNet(t, 5)
+	s.setCut("node01", "node02", true)
+	s.until(10*time.Second, func() error { return s.allRelayed("node01", []string{"node02"}) })
+	first, _ := s.agreed("node01", "node02")
+	before := s.nodes["node02"].pairs["node01"].epoch
+	s.dead["node02"] = true
+	s.round()
+	s.round()
+	delete(s.dead, "node02")
+	s.until(10*time.Second, func() error {
+		if _, err := s.agreed("node01", "node02"); err != nil {
+			return err
+		}
+		if s.nodes["node02"].pairs["node01"].epoch == before {
+			return fmt.Errorf("no new confirmation yet")
+		}
+		return nil
+	})
+	via, _ := s.agreed("node01", "node02")
+	t.Logf("relayed via %s before the absence, via %s after", first, via)
+}
