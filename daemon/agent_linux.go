@@ -50,6 +50,7 @@ type agent struct {
 	kick     chan struct{}
 	pmtu     *pmtuProber // path MTU of every peer
 	probes   *pathProber // liveness of every direct path
+	relays   *relaySignaller
 	metrics  *metrics
 	// healthAddrs are where /metrics, /healthz and /readyz are served.
 	healthAddrs []string
@@ -67,11 +68,12 @@ type agent struct {
 	probeAddr  netip.Addr     // where peers probe this node's direct paths
 	natKind    string         // what peers' answers tell of this node's NAT
 	reflexive  netip.AddrPort // this node's public endpoint behind a cone NAT
+	reached    []string       // live peers whose direct path works
+	cutOff     bool           // most live peers cannot be reached directly
 	ready      bool
 	notReady   string
 	lastErr    string
 	peers      map[string]*knownPeer // by name; owned by the reconcile loop, read under mu
-	unreach    string                // the peers this node cannot reach directly, as published
 	rot        keyRotation           // this node's key rotation
 	secrets    secretSet             // the cluster secrets held, newest first
 	// announcedSecrets is what gossip last got of secrets.
@@ -98,11 +100,10 @@ type agent struct {
 // after it stopped answering.
 type knownPeer struct {
 	peer
-	Alive       bool
-	LastSeen    time.Time
-	Endpoint    string
-	Unreachable []string // the peers it reports it cannot reach directly
-	probe       pathProbe
+	Alive    bool
+	LastSeen time.Time
+	Endpoint string
+	probe    pathProbe
 	// ProbeAnnounced is the probe address the peer gossips (peer.ProbeAddr
 	// once vetted); NATKind and Reflexive what it tells of its NAT.
 	ProbeAnnounced netip.Addr
@@ -169,6 +170,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return a.reconcileLoop(gctx) })
 	g.Go(func() error { return a.pmtu.Run(gctx) })
 	g.Go(func() error { return a.probes.Run(gctx) })
+	g.Go(func() error { return a.relays.Run(gctx) })
 	g.Go(func() error { return a.keepNATMembership(gctx) })
 	g.Go(func() error { return a.sendLoop(gctx) })
 	switch {
@@ -313,7 +315,12 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	mcfg.Seeds = append(mcfg.Seeds, loadKnownPeers(cfg.StateDir)...)
 	mcfg.Meta = a.meta()
 	mcfg.Logger = a.log.With("part", "mesh")
-	mcfg.Delegate = allocDelegate{a.alloc, a.log, a.handleKeyMsg}
+	a.relays = newRelaySignaller(relaySignallerConfig{
+		Self: cfg.NodeName, Private: a.key, PublicKey: a.peerKey, Accept: a.relayAccepts, OnChange: a.trigger,
+		Broadcast: func(b []byte) { a.mesh.Broadcast(b) }, Direct: a.signalDirect, Log: a.log.With("part", "relay"),
+	})
+	a.probes.onSignal = a.relays.receive
+	mcfg.Delegate = allocDelegate{a.alloc, a.relays, a.log, a.handleKeyMsg}
 	if a.mesh, err = mesh.New(mcfg); err != nil {
 		return err
 	}
@@ -362,14 +369,13 @@ func (a *agent) meta() mesh.Meta {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	m := mesh.Meta{
-		Proto:       mesh.ProtoVersion,
-		Name:        a.cfg.NodeName,
-		PublicKey:   a.key.PublicKey(),
-		Endpoint:    a.endpoint,
-		TunnelAddr:  a.tunnelAddr,
-		Unreachable: a.unreach,
-		ProbeAddr:   a.probeAddr,
-		NATKind:     a.natKind,
+		Proto:      mesh.ProtoVersion,
+		Name:       a.cfg.NodeName,
+		PublicKey:  a.key.PublicKey(),
+		Endpoint:   a.endpoint,
+		TunnelAddr: a.tunnelAddr,
+		ProbeAddr:  a.probeAddr,
+		NATKind:    a.natKind,
 	}
 	if a.rot.pending() {
 		m.NextPublicKey = a.rot.next.PublicKey()

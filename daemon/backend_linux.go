@@ -343,8 +343,9 @@ const (
 
 // allocDelegate hands the allocator's ring to the gossip.
 type allocDelegate struct {
-	alloc *ipalloc.Allocator
-	log   *slog.Logger
+	alloc  *ipalloc.Allocator
+	relays *relaySignaller // relay signalling rides on the same messages
+	log    *slog.Logger
 	// key takes the key rotation messages (tagKeyAck, tagKeySwitched).
 	key func(from string, tag byte, payload []byte) error
 }
@@ -367,6 +368,8 @@ func (d allocDelegate) NotifyMsg(from string, msg []byte) {
 		err = d.alloc.MergeRemote(msg[1:])
 	case tagAllocMsg:
 		err = d.alloc.HandleMessage(from, msg[1:])
+	case tagRelaySignal:
+		d.relays.receive(from, msg[1:])
 	case tagKeyAck, tagKeySwitched:
 		if d.key != nil {
 			err = d.key(from, msg[0], msg[1:])

@@ -7,15 +7,15 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-// judgePaths judges each direct path, publishes the peers this node cannot
-// reach directly, picks a relay for every pair that needs one, and re-arms
-// the keepalive of relayed peers so their direct path is tried again.
+// judgePaths judges each direct path, tells the relay protocol which peers
+// this node cannot reach directly and takes from it the relay of every pair
+// that needs one, and re-arms the keepalive of relayed peers so their
+// direct path is tried again.
 //
 // A peer with a probe address is judged by the probes (liveness.go): down
 // after a few lost in a row, up again after a few answered. A peer without
@@ -29,13 +29,12 @@ func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
 	results := a.probes.Results()
 	natChanged := a.judgeNAT()
 	a.mu.Lock()
-	var unreachable, members []string
-	members = append(members, a.cfg.NodeName)
+	var unreachable, members, reached []string
 	for name, kp := range a.peers {
 		if r, ok := rx[kp.PublicKey]; ok {
 			kp.probe.observe(r, now)
 		}
-		if !kp.Alive {
+		if !kp.Alive || kp.KeyRefused {
 			continue
 		}
 		members = append(members, name)
@@ -45,32 +44,29 @@ func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
 		}
 		if !healthy {
 			unreachable = append(unreachable, name)
+		} else {
+			reached = append(reached, name)
 		}
 	}
-	slices.Sort(unreachable)
-	mine := strings.Join(unreachable, ",")
-	changed := mine != a.unreach || natChanged
-	a.unreach = mine
-	lists := func(n string) []string {
-		if n == a.cfg.NodeName {
-			return unreachable
-		}
-		if kp := a.peers[n]; kp != nil {
-			return kp.Unreachable
-		}
-		return nil
-	}
+	a.reached = reached
+	a.cutOff = len(unreachable) > 0 && 2*len(unreachable) >= len(members)
+	a.mu.Unlock()
+	relays := a.relays.update(members, unreachable, now)
+	a.mu.Lock()
 	var probe []wgtypes.Key
 	for name, kp := range a.peers {
 		via := ""
 		if kp.Alive {
-			via = chooseRelay(a.cfg.NodeName, name, members, lists)
+			via = relays[name]
 		}
 		if via != kp.RelayVia {
-			if via == "" {
-				a.log.Info("direct path works again", "peer", name, "relayed-for", now.Sub(kp.pathSince).Round(time.Millisecond))
-			} else {
+			switch {
+			case via == "":
+				a.log.Info("relay of peer ends", "peer", name, "was-via", kp.RelayVia, "relayed-for", now.Sub(kp.pathSince).Round(time.Millisecond))
+			case kp.RelayVia == "":
 				a.log.Info("no direct path; relaying", "peer", name, "via", via)
+			default:
+				a.log.Info("relay of peer changes", "peer", name, "via", via, "was-via", kp.RelayVia)
 			}
 			kp.RelayVia = via
 			kp.pathSince = now
@@ -83,9 +79,9 @@ func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
 	a.mu.Unlock()
 
 	var errs []error
-	if changed {
+	if natChanged {
 		if err := a.mesh.SetMeta(a.meta()); err != nil {
-			errs = append(errs, fmt.Errorf("publish unreachable peers: %w", err))
+			errs = append(errs, fmt.Errorf("publish the NAT kind: %w", err))
 		}
 	}
 	// Turning a keepalive on sends one at once: a handshake on the direct
@@ -101,6 +97,49 @@ func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// peerKey is the vetted public key of a live member, for the relay
+// protocol's MACs.
+func (a *agent) peerKey(name string) (wgtypes.Key, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	kp := a.peers[name]
+	if kp == nil || !kp.Alive || kp.KeyRefused {
+		return wgtypes.Key{}, false
+	}
+	return kp.PublicKey, true
+}
+
+// signalDirect sends a relay signalling message to the probe address of
+// the peer to, through the tunnel, when the peer has one.
+func (a *agent) signalDirect(to string, msg []byte) {
+	a.mu.Lock()
+	var addr netip.Addr
+	if kp := a.peers[to]; kp != nil && kp.Alive && !kp.KeyRefused {
+		addr = kp.ProbeAddr
+	}
+	a.mu.Unlock()
+	if !addr.IsValid() {
+		return
+	}
+	if err := a.probes.SendSignal(addr, a.cfg.NodeName, msg); err != nil {
+		a.log.Debug("relay message not sent through the tunnel", "peer", to, "err", err)
+	}
+}
+
+// relayAccepts reports whether this node can forward for the pair (x, y):
+// it has a vetted tunnel to both ends.
+func (a *agent) relayAccepts(x, y string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, n := range []string{x, y} {
+		kp := a.peers[n]
+		if kp == nil || !kp.Alive || kp.KeyRefused {
+			return false
+		}
+	}
+	return true
 }
 
 // judgeNAT updates this node's NAT kind and reflexive endpoint from where
@@ -150,12 +189,15 @@ func (a *agent) syncProbes(v meshView, devPeers []wgtypes.Peer, self netip.Addr)
 // refute (about 4 s).
 const natSync = 2 * time.Second
 
-// keepNATMembership keeps a node behind NAT a member. Nodes outside its site
-// cannot send to it, so their gossip probes of it fail and they suspect it;
-// gossip telling it so cannot reach it either. So, while its peers' answers
-// say it is behind NAT, it pushes and pulls the membership with a random
-// peer not behind NAT every natSync, learns of the suspicion and refutes it
-// before it is declared dead.
+// keepNATMembership keeps a node behind NAT, or one cut off from most of
+// its peers, a member. Nodes outside its site (or cut from it) cannot send
+// to it, so their gossip probes of it fail (an indirect probe needs a
+// helper that reaches it, which few are) and they suspect it; gossip
+// telling it so hardly reaches it either. So, while its peers' answers say
+// it is behind NAT, it pushes and pulls the membership with a random peer
+// not behind NAT every natSync, and while it cannot reach most of its peers
+// directly, with a random peer it does reach; it learns of the suspicion
+// and refutes it before it is declared dead.
 func (a *agent) keepNATMembership(ctx context.Context) error {
 	t := time.NewTicker(natSync)
 	defer t.Stop()
@@ -168,18 +210,22 @@ func (a *agent) keepNATMembership(ctx context.Context) error {
 		a.mu.Lock()
 		natted := a.natKind == natCone || a.natKind == natSymmetric
 		var open []string
-		for name, kp := range a.peers {
-			if kp.Alive && kp.NATKind == natNone {
-				open = append(open, name)
+		if natted {
+			for name, kp := range a.peers {
+				if kp.Alive && kp.NATKind == natNone {
+					open = append(open, name)
+				}
 			}
+		} else if a.cutOff {
+			open = slices.Clone(a.reached)
 		}
 		a.mu.Unlock()
-		if !natted || len(open) == 0 {
+		if len(open) == 0 {
 			continue
 		}
 		peer := open[rand.IntN(len(open))]
 		if err := a.mesh.SyncWith(peer); err != nil {
-			a.log.Debug("membership sync from behind NAT failed", "peer", peer, "err", err)
+			a.log.Debug("membership sync from behind NAT or a cut failed", "peer", peer, "err", err)
 		}
 	}
 }

@@ -41,6 +41,9 @@ type pathProber struct {
 	cfg      livenessConfig
 	log      *slog.Logger
 	onChange func() // called (from Run) when a path's state changed
+	// onSignal takes a relay signalling frame's sender and message (its
+	// own), from the socket's reader goroutine; it must return quickly.
+	onSignal func(from string, msg []byte)
 
 	mu       sync.Mutex
 	self     netip.Addr                // this node's probe address; probes wait for it
@@ -49,6 +52,7 @@ type pathProber struct {
 	results  map[string]pathResult     // by peer
 	observed map[string]netip.AddrPort // by peer: where it sees this node
 	wake     chan struct{}
+	sock     *probeSocket // the bound socket, nil before; for SendSignal
 }
 
 func newPathProber(cfg livenessConfig, log *slog.Logger, onChange func()) *pathProber {
@@ -107,7 +111,10 @@ func (s *probeSocket) close() {
 func (p *pathProber) Run(ctx context.Context) error {
 	msgs := make(chan probeMsg, 256)
 	var sock *probeSocket
-	defer func() { sock.close() }()
+	defer func() {
+		p.setSocket(nil)
+		sock.close()
+	}()
 	lives := map[string]*liveness{}
 	addrs := map[string]netip.Addr{}
 	sent := map[uint64]string{} // nonce → peer
@@ -129,17 +136,19 @@ func (p *pathProber) Run(ctx context.Context) error {
 		self, targets := p.self, maps.Clone(p.targets)
 		p.mu.Unlock()
 		if sock != nil && sock.addr != self {
+			p.setSocket(nil)
 			sock.close()
 			sock = nil
 		}
 		if sock == nil && self.IsValid() {
-			s, err := bindProbes(self, msgs)
+			s, err := bindProbes(self, msgs, p.onSignal)
 			switch {
 			case err != nil && err.Error() != bindFailed:
 				p.log.Debug("probe socket not bound yet", "addr", self, "err", err)
 				bindFailed = err.Error()
 			case err == nil:
 				sock, bindFailed = s, ""
+				p.setSocket(s)
 			}
 		}
 		for name, addr := range targets {
@@ -235,9 +244,30 @@ func (p *pathProber) publish(lives map[string]*liveness) {
 	}
 }
 
-// bindProbes binds the probe port on addr and reads messages into out
-// until the socket is closed.
-func bindProbes(addr netip.Addr, out chan<- probeMsg) (*probeSocket, error) {
+func (p *pathProber) setSocket(s *probeSocket) {
+	p.mu.Lock()
+	p.sock = s
+	p.mu.Unlock()
+}
+
+// SendSignal sends a relay signalling message from this node (named from)
+// to the probe address to, through the tunnel. It fails before the probe
+// socket is bound.
+func (p *pathProber) SendSignal(to netip.Addr, from string, msg []byte) error {
+	p.mu.Lock()
+	s := p.sock
+	p.mu.Unlock()
+	if s == nil {
+		return errors.New("probe socket not bound yet")
+	}
+	_, err := s.conn.WriteToUDPAddrPort(encodeSignal(from, msg), netip.AddrPortFrom(to, probePort))
+	return err
+}
+
+// bindProbes binds the probe port on addr and reads messages into out,
+// and signalling frames into onSignal (when set), until the socket is
+// closed.
+func bindProbes(addr netip.Addr, out chan<- probeMsg, onSignal func(string, []byte)) (*probeSocket, error) {
 	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, probePort)))
 	if err != nil {
 		return nil, err
@@ -245,12 +275,18 @@ func bindProbes(addr netip.Addr, out chan<- probeMsg) (*probeSocket, error) {
 	s := &probeSocket{conn: conn, addr: addr, done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
-		buf := make([]byte, 512)
+		buf := make([]byte, maxProbeSignal+1)
 		for {
 			n, from, err := conn.ReadFromUDPAddrPort(buf)
 			if err != nil {
 				if errors.Is(err, net.ErrClosed) {
 					return
+				}
+				continue
+			}
+			if from, msg, ok := parseSignal(buf[:n]); ok {
+				if onSignal != nil {
+					onSignal(from, append([]byte(nil), msg...))
 				}
 				continue
 			}

@@ -53,3 +53,30 @@ func parseProbe(b []byte) (probeMsg, bool) {
 	}
 	return probeMsg{}, false
 }
+
+// probeSignal carries a relay signalling message (relaymsg.go) on the
+// probe socket, through the tunnel: the way to a peer whose direct path
+// works even when gossip cannot reach it (a node behind NAT receives
+// gossip only through the push/pulls it starts). Its wire form: "WP", the
+// type, the sender's name (uvarint length and bytes), the message.
+const probeSignal = 3
+
+// maxProbeSignal bounds a signalling frame on the probe socket.
+const maxProbeSignal = 60 << 10
+
+func encodeSignal(from string, msg []byte) []byte {
+	b := make([]byte, 0, 3+binary.MaxVarintLen64+len(from)+len(msg))
+	b = append(b, probeMagic[0], probeMagic[1], probeSignal)
+	b = appendString(b, from)
+	return append(b, msg...)
+}
+
+// parseSignal reads a signalling frame; ok is false for anything else.
+// msg aliases b.
+func parseSignal(b []byte) (from string, msg []byte, ok bool) {
+	if len(b) < 3 || len(b) > maxProbeSignal || b[0] != probeMagic[0] || b[1] != probeMagic[1] || b[2] != probeSignal {
+		return "", nil, false
+	}
+	from, msg, err := readString(b[3:])
+	return from, msg, err == nil && from != ""
+}

@@ -104,7 +104,6 @@ func (a *agent) foldPeers(members []mesh.Peer, ranges map[string][]netip.Prefix,
 			kp.Reflexive, _ = netip.ParseAddrPort(m.Meta.Reflexive)
 		}
 		kp.peer.Endpoint = resolveEndpoint(peerEndpoint(m.Meta.Endpoint, kp.Reflexive, a.reflexive))
-		kp.Unreachable = m.Meta.UnreachablePeers()
 		if kp.pathSince.IsZero() {
 			kp.pathSince = now
 		}

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"slices"
 	"time"
 )
@@ -9,11 +11,12 @@ import (
 // reach a third, their traffic goes through the third. Each node judges its
 // direct paths by probes (liveness.go), those to peers without a probe
 // address (older daemons) by what WireGuard sees (a path that carries
-// nothing, not even the keepalives every 25 s, is broken), and publishes
-// the peers it cannot reach in its gossip metadata. From those lists every node computes the same
-// relay for a pair, which matters: WireGuard accepts a packet only from the
-// peer whose AllowedIPs hold its source, so both ends of a pair must route
-// through the same relay.
+// nothing, not even the keepalives every 25 s, is broken), and tells the
+// peers it cannot reach in relay signalling messages over the gossip
+// (relaysignal.go), which also choose the relay of each pair: ranked by
+// rendezvous hash (rankRelays) and confirmed by the relay to both ends.
+// Both ends must route through the same relay: WireGuard accepts a packet
+// only from the peer whose AllowedIPs hold its source.
 //
 //	direct ──(probes: down; or no rx for directStale)──▶ relayed via R
 //	relayed via R ──(probes: up; or rx again)──▶ direct
@@ -55,27 +58,45 @@ func (p pathProbe) healthy(now time.Time) bool {
 	return now.Sub(p.rxChanged) < directStale
 }
 
-// chooseRelay returns the relay of the pair (a, b), or "" when they talk
-// directly or no node can carry them. members are the live nodes (a and b
-// among them); unreachable gives the peers each node reports it cannot reach
-// directly. The answer is the same whichever node computes it from the same
-// view.
-func chooseRelay(a, b string, members []string, unreachable func(string) []string) string {
-	cut := func(x, y string) bool {
-		return slices.Contains(unreachable(x), y) || slices.Contains(unreachable(y), x)
+// relayScore is the rendezvous (highest random weight) hash of the pair
+// {a, b} and the candidate relay c: the same whichever end computes it.
+func relayScore(a, b, c string) uint64 {
+	a, b = pairOf(a, b)
+	h := sha256.New()
+	for _, s := range []string{a, b, c} {
+		h.Write(binary.AppendUvarint(nil, uint64(len(s))))
+		h.Write([]byte(s))
 	}
-	if !cut(a, b) {
-		return ""
-	}
-	sorted := slices.Clone(members)
-	slices.Sort(sorted)
-	for _, r := range sorted {
-		if r == a || r == b {
+	return binary.BigEndian.Uint64(h.Sum(nil))
+}
+
+// rankRelays orders the candidate relays of the pair {a, b} by their
+// rendezvous score, best first (a and b themselves are left out). Each
+// pair ranks the nodes in its own random order, so the pairs of a cluster
+// spread over the relays, and a candidate leaving moves only the pairs it
+// carried.
+func rankRelays(a, b string, candidates []string) []string {
+	out := make([]string, 0, len(candidates))
+	scores := map[string]uint64{}
+	for _, c := range candidates {
+		if c == a || c == b || slices.Contains(out, c) {
 			continue
 		}
-		if !cut(a, r) && !cut(b, r) {
-			return r
-		}
+		out = append(out, c)
+		scores[c] = relayScore(a, b, c)
 	}
-	return ""
+	slices.SortFunc(out, func(x, y string) int {
+		switch sx, sy := scores[x], scores[y]; {
+		case sx > sy:
+			return -1
+		case sx < sy:
+			return 1
+		case x < y:
+			return -1
+		case x > y:
+			return 1
+		}
+		return 0
+	})
+	return out
 }

@@ -1,35 +1,79 @@
 package daemon
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 )
 
-func TestChooseRelay(t *testing.T) {
-	members := []string{"n4", "n1", "n3", "n2"}
+func TestRankRelays(t *testing.T) {
+	cands := []string{"n3", "n4", "n5", "n6", "n7"}
 	tests := []struct {
-		name        string
-		unreachable map[string][]string
-		a, b, want  string
+		name       string
+		a, b       string
+		candidates []string
 	}{
-		{"direct", nil, "n1", "n2", ""},
-		{"cut seen by one side", map[string][]string{"n1": {"n2"}}, "n1", "n2", "n3"},
-		{"cut seen by the other side", map[string][]string{"n2": {"n1"}}, "n2", "n1", "n3"},
-		{"smallest relay that reaches both", map[string][]string{"n1": {"n2"}, "n3": {"n2"}}, "n1", "n2", "n4"},
-		{"relay that cannot reach one end is skipped", map[string][]string{"n1": {"n2", "n3"}}, "n1", "n2", "n4"},
-		{"no relay possible", map[string][]string{"n1": {"n2", "n3", "n4"}}, "n1", "n2", ""},
+		{"five candidates", "n1", "n2", cands},
+		{"ends among the candidates are left out", "n1", "n2", append([]string{"n1", "n2"}, cands...)},
+		{"duplicates are left out", "n1", "n2", append(slices.Clone(cands), cands...)},
+		{"one candidate", "n1", "n2", []string{"n9"}},
+		{"none", "n1", "n2", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			un := func(n string) []string { return tt.unreachable[n] }
-			got := chooseRelay(tt.a, tt.b, members, un)
-			if got != tt.want {
-				t.Errorf("chooseRelay(%s, %s) = %q, want %q", tt.a, tt.b, got, tt.want)
+			got := rankRelays(tt.a, tt.b, tt.candidates)
+			for _, c := range got {
+				if c == tt.a || c == tt.b {
+					t.Errorf("an end of the pair ranks as its relay: %v", got)
+				}
 			}
-			if back := chooseRelay(tt.b, tt.a, members, un); back != got {
-				t.Errorf("the two ends disagree: %q and %q", got, back)
+			// The same whichever end computes it, in whatever order the
+			// candidates come.
+			rev := slices.Clone(tt.candidates)
+			slices.Reverse(rev)
+			if back := rankRelays(tt.b, tt.a, rev); !slices.Equal(back, got) {
+				t.Errorf("the two ends rank differently: %v and %v", got, back)
+			}
+			for i := 1; i < len(got); i++ {
+				if relayScore(tt.a, tt.b, got[i-1]) < relayScore(tt.a, tt.b, got[i]) {
+					t.Errorf("not by descending score: %v", got)
+				}
 			}
 		})
+	}
+}
+
+// TestRankRelaysSpread: the first choices of many pairs spread over the
+// candidates, and removing a candidate moves only the pairs it led.
+func TestRankRelaysSpread(t *testing.T) {
+	var cands []string
+	for i := range 10 {
+		cands = append(cands, fmt.Sprintf("relay%02d", i))
+	}
+	first := map[string]int{}
+	const pairs = 1000
+	moved := 0
+	for i := range pairs {
+		a, b := fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", i)
+		r := rankRelays(a, b, cands)
+		first[r[0]]++
+		without := rankRelays(a, b, cands[1:])
+		if without[0] != r[0] {
+			moved++
+			if r[0] != cands[0] {
+				t.Errorf("pair %s-%s moved from %s though only %s left", a, b, r[0], cands[0])
+			}
+		}
+	}
+	for _, c := range cands {
+		// 100 expected of each; a fair hash stays well within 50..150.
+		if first[c] < 50 || first[c] > 150 {
+			t.Errorf("%s is the first choice of %d of %d pairs, want about %d", c, first[c], pairs, pairs/len(cands))
+		}
+	}
+	if moved != first[cands[0]] {
+		t.Errorf("%d pairs moved when %s left, want the %d it led", moved, cands[0], first[cands[0]])
 	}
 }
 

@@ -8,6 +8,7 @@ func TestMessageTagsDistinct(t *testing.T) {
 	tags := map[string]byte{
 		"ring delta": tagRingDelta, "alloc message": tagAllocMsg,
 		"key ack": tagKeyAck, "key switched": tagKeySwitched,
+		"relay signal": tagRelaySignal,
 	}
 	seen := map[byte]string{}
 	for name, tag := range tags {

@@ -40,10 +40,6 @@ type Meta struct {
 	// TunnelAddr is the node's address on the overlay; the zero Addr
 	// means the node has none yet.
 	TunnelAddr netip.Addr
-	// Unreachable names the peers this node cannot reach directly,
-	// separated by commas, so every node can agree on a relay for them.
-	// Usually empty. A string keeps Meta comparable; see UnreachablePeers.
-	Unreachable string
 	// NextPublicKey is the WireGuard public key the node will switch to
 	// (a key rotation under way); zero when none is pending.
 	NextPublicKey [32]byte
@@ -65,14 +61,6 @@ type Meta struct {
 	Reflexive string
 }
 
-// UnreachablePeers splits Unreachable into names.
-func (m Meta) UnreachablePeers() []string {
-	if m.Unreachable == "" {
-		return nil
-	}
-	return strings.Split(m.Unreachable, ",")
-}
-
 // SecretFingerprints splits Secrets into fingerprints, newest first.
 func (m Meta) SecretFingerprints() []string {
 	if m.Secrets == "" {
@@ -85,16 +73,16 @@ func (m Meta) SecretFingerprints() []string {
 // with tag and length as unsigned varints. Empty fields are left out.
 // Decoders skip unknown tags, so a later minor version can add fields.
 const (
-	tagName        = 1
-	tagPublicKey   = 2
-	tagEndpoint    = 3
-	tagTunnelAddr  = 4
-	tagUnreachable = 5
-	tagProbeAddr   = 6
-	tagNATKind     = 7
-	tagReflexive   = 8
-	tagNextKey     = 9
-	tagSecrets     = 10
+	tagName       = 1
+	tagPublicKey  = 2
+	tagEndpoint   = 3
+	tagTunnelAddr = 4
+	_             = 5 // was the unreachable list, now in the daemon's relay messages; skipped
+	tagProbeAddr  = 6
+	tagNATKind    = 7
+	tagReflexive  = 8
+	tagNextKey    = 9
+	tagSecrets    = 10
 )
 
 // Encode returns the wire form of m. It fails if m would not fit in
@@ -121,14 +109,6 @@ func (m Meta) Encode() ([]byte, error) {
 		}
 		buf = appendField(buf, tagTunnelAddr, m.TunnelAddr.AsSlice())
 	}
-	if m.Unreachable != "" {
-		for _, n := range m.UnreachablePeers() {
-			if n == "" {
-				return nil, fmt.Errorf("encode meta: unreachable list %q has an empty name", m.Unreachable)
-			}
-		}
-		buf = appendField(buf, tagUnreachable, []byte(m.Unreachable))
-	}
 	if m.ProbeAddr.IsValid() {
 		if m.ProbeAddr.Zone() != "" {
 			return nil, fmt.Errorf("encode meta: probe address %s has a zone; use an address without one", m.ProbeAddr)
@@ -148,7 +128,7 @@ func (m Meta) Encode() ([]byte, error) {
 		buf = appendField(buf, tagSecrets, []byte(m.Secrets))
 	}
 	if len(buf) > MaxMetaSize {
-		return nil, fmt.Errorf("encode meta: %d bytes, more than the %d memberlist allows; shorten the node name, endpoint or unreachable list", len(buf), MaxMetaSize)
+		return nil, fmt.Errorf("encode meta: %d bytes, more than the %d memberlist allows; shorten the node name or endpoint", len(buf), MaxMetaSize)
 	}
 	return buf, nil
 }
@@ -235,13 +215,6 @@ func (m *Meta) setField(tag uint64, val []byte) error {
 		m.NATKind = string(val)
 	case tagReflexive:
 		m.Reflexive = string(val)
-	case tagUnreachable:
-		m.Unreachable = string(val)
-		for _, n := range m.UnreachablePeers() {
-			if n == "" {
-				return errors.New("unreachable list with an empty name")
-			}
-		}
 	}
 	return nil
 }

@@ -28,7 +28,6 @@ func TestMetaRoundTrip(t *testing.T) {
 		{"full v6", Meta{Name: "n", PublicKey: testKey(9), Endpoint: "[2001:db8::1]:6784", TunnelAddr: netip.MustParseAddr("fd00::1")}},
 		{"4in6", Meta{Name: "n", TunnelAddr: netip.MustParseAddr("::ffff:10.0.0.1")}},
 		{"explicit proto", Meta{Proto: ProtoVersion, Name: "x"}},
-		{"unreachable peers", Meta{Name: "n1", Unreachable: "n2,n7"}},
 		{"probe address and NAT", Meta{Name: "n1", ProbeAddr: netip.MustParseAddr("10.32.0.2"), NATKind: "cone", Reflexive: "192.0.2.1:10001"}},
 		{"rotating key and secrets", Meta{Name: "n1", PublicKey: testKey(1), NextPublicKey: testKey(2), Secrets: "0123456789abcdef,fedcba9876543210"}},
 		{"long name", Meta{Name: strings.Repeat("a", 253), PublicKey: testKey(3), Endpoint: strings.Repeat("b", 200) + ":1"}},
@@ -64,7 +63,6 @@ func TestMetaEncodeErrors(t *testing.T) {
 		{"too large", Meta{Name: strings.Repeat("n", 300), Endpoint: strings.Repeat("e", 300)}, "more than the 512"},
 		{"other proto", Meta{Proto: 2}, "incompatible"},
 		{"zone", Meta{TunnelAddr: netip.MustParseAddr("fe80::1%eth0")}, "zone"},
-		{"unreachable empty name", Meta{Unreachable: "a,"}, "empty name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -103,9 +101,8 @@ func TestDecodeMeta(t *testing.T) {
 		{"huge length", cat([]byte{ProtoVersion, tagName}, binary.AppendUvarint(nil, 1<<63)), Meta{}, "bad length"},
 		{"short key", cat([]byte{ProtoVersion}, field(tagPublicKey, key[:31])), Meta{}, "public key"},
 		{"bad addr", cat([]byte{ProtoVersion}, field(tagTunnelAddr, []byte{1, 2, 3})), Meta{}, "tunnel address"},
-		{"unreachable", cat([]byte{ProtoVersion}, field(tagUnreachable, []byte("n2,n3"))), Meta{Proto: ProtoVersion, Unreachable: "n2,n3"}, ""},
+		{"unreachable list of an older node skipped", cat([]byte{ProtoVersion}, field(5, []byte("n2,n3"))), Meta{Proto: ProtoVersion}, ""},
 		{"probe address", cat([]byte{ProtoVersion}, field(tagProbeAddr, []byte{10, 32, 0, 2})), Meta{Proto: ProtoVersion, ProbeAddr: netip.MustParseAddr("10.32.0.2")}, ""},
-		{"unreachable empty name", cat([]byte{ProtoVersion}, field(tagUnreachable, []byte("n2,,n3"))), Meta{}, "empty name"},
 		{"duplicate", cat([]byte{ProtoVersion}, field(tagName, []byte("a")), field(tagName, []byte("b"))), Meta{}, "twice"},
 		{"too long", cat([]byte{ProtoVersion}, field(99, make([]byte, MaxMetaSize))), Meta{}, "more than"},
 	}
@@ -136,7 +133,7 @@ func FuzzDecodeMeta(f *testing.F) {
 	full, _ := Meta{Name: "node-1", PublicKey: key, Endpoint: "192.0.2.1:6784", TunnelAddr: netip.MustParseAddr("10.32.0.1")}.Encode()
 	f.Add(full)
 	f.Add([]byte{ProtoVersion})
-	f.Add(cat([]byte{ProtoVersion}, field(tagUnreachable, []byte("n2,n3"))))
+	f.Add(cat([]byte{ProtoVersion}, field(5, []byte("n2,n3"))))
 	f.Add([]byte{})
 	f.Add(cat([]byte{ProtoVersion}, field(99, []byte("future")), field(tagTunnelAddr, netip.MustParseAddr("fd00::1").AsSlice())))
 	f.Fuzz(func(t *testing.T, b []byte) {
