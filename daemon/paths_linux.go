@@ -112,8 +112,14 @@ func (a *agent) peerKey(name string) (wgtypes.Key, bool) {
 }
 
 // signalDirect sends a relay signalling message to the probe address of
-// the peer to, through the tunnel, when the peer has one.
+// the peer to, through the tunnel, when the peer has one and answers
+// probes there. Before it answers, it may have no route back to this
+// node's probe address yet, and its reverse-path filter would drop the
+// message as spoofed.
 func (a *agent) signalDirect(to string, msg []byte) {
+	if !a.probes.PathUp(to) {
+		return
+	}
 	a.mu.Lock()
 	var addr netip.Addr
 	if kp := a.peers[to]; kp != nil && kp.Alive && !kp.KeyRefused {

@@ -84,6 +84,14 @@ func (p *pathProber) Results() map[string]pathResult {
 	return maps.Clone(p.results)
 }
 
+// PathUp reports whether the probes judge the direct path to peer up:
+// it answered, so it routes this node's probe address back.
+func (p *pathProber) PathUp(peer string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.results[peer].State == pathUp
+}
+
 // Observed returns where each peer that answered sees this node's
 // WireGuard endpoint, by peer.
 func (p *pathProber) Observed() map[string]netip.AddrPort {
