@@ -63,6 +63,7 @@ type relaySignalConfig struct {
 	ProposalTimeout time.Duration // an unanswered proposal counts as refused after this
 	RefusalTTL      time.Duration // a candidate that refused is asked again after this
 	ReportRefresh   time.Duration // a list is sent again this often while its pair is cut
+	RelayRefresh    time.Duration // the proposer proposes its pair to the relay in use again this often
 	GoneTTL         time.Duration // the state of a peer gone from the members is kept this long
 	// Accept reports whether this node forwards for the pair; nil: it does.
 	Accept func(a, b string) bool
@@ -73,7 +74,7 @@ type relaySignalConfig struct {
 
 func defaultRelaySignalConfig(self string, start time.Time) relaySignalConfig {
 	return relaySignalConfig{Self: self, Retry: defaultRetryConfig(), ProposalTimeout: 4 * time.Second,
-		RefusalTTL: 5 * time.Second, ReportRefresh: 30 * time.Second, GoneTTL: 30 * time.Second, Start: start}
+		RefusalTTL: 5 * time.Second, ReportRefresh: 30 * time.Second, RelayRefresh: 10 * time.Second, GoneTTL: 30 * time.Second, Start: start}
 }
 
 type peerReport struct {
@@ -89,8 +90,9 @@ type sentReport struct {
 
 // pairRelay is this node's state of the pair {self, peer}.
 type pairRelay struct {
-	via   string // confirmed relay, "" if none
-	epoch uint64 // of the confirmation
+	via         string    // confirmed relay, "" if none
+	epoch       uint64    // of the confirmation
+	confirmedAt time.Time // when via last confirmed
 	// The proposer's pending proposal, and candidates that refused.
 	proposed   string
 	propEpoch  uint64
@@ -252,11 +254,25 @@ func (s *relaySignal) stepProposer(p string, now time.Time) {
 	}
 	pr = s.pair(p)
 	if pr.via != "" {
-		if s.members[pr.via] && !s.unreach[pr.via] && !s.reports[p].unreachable[pr.via] {
+		switch {
+		case !s.members[pr.via] || s.unreach[pr.via] || s.reports[p].unreachable[pr.via]:
+			pr.refused[pr.via] = now // it cannot carry the pair any more
+			pr.via = ""
+		case pr.proposed == "" && s.cfg.RelayRefresh > 0 && now.Sub(pr.confirmedAt) >= s.cfg.RelayRefresh:
+			// Propose the pair to the relay again, as a lease: a withdrawal
+			// or confirmation that one end missed (it was briefly gone from
+			// the relay's members, say) would otherwise leave the two ends
+			// routing through different relays, or one through none, for
+			// good. The relay confirms to both ends again, or refuses.
+			pr.proposed, pr.propEpoch, pr.proposedAt = pr.via, s.next(), now
+			pr.confirmedAt = now
+			s.out.put(relayMsg{Kind: kindPropose, To: pr.via, A: s.cfg.Self, B: p, Epoch: pr.propEpoch}, now)
 			return
+		case pr.proposed == "" || pr.proposed == pr.via && now.Sub(pr.proposedAt) < s.cfg.ProposalTimeout:
+			return
+		case pr.proposed == pr.via:
+			pr.via = "" // the relay in use did not answer its renewal
 		}
-		pr.refused[pr.via] = now // it cannot carry the pair any more
-		pr.via = ""
 	}
 	if pr.proposed != "" {
 		if s.members[pr.proposed] && now.Sub(pr.proposedAt) < s.cfg.ProposalTimeout {
@@ -317,7 +333,7 @@ func (s *relaySignal) receive(from string, m relayMsg, now time.Time) {
 		}
 		pr := s.pair(peer)
 		if m.Epoch > pr.epoch || pr.via == "" && m.Epoch == pr.epoch {
-			pr.via, pr.epoch = from, m.Epoch
+			pr.via, pr.epoch, pr.confirmedAt = from, m.Epoch, now
 		}
 		if pr.proposed == from && pr.propEpoch == m.Epoch {
 			pr.proposed = ""

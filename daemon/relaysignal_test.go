@@ -25,6 +25,7 @@ type simNet struct {
 	dead   map[string]bool
 	refuse map[string]bool // nodes that do not forward
 	loss   float64
+	drop   func(from string, m relayMsg) bool // messages lost on purpose; nil: none
 	rng    *rand.Rand
 	sent   int
 }
@@ -84,7 +85,7 @@ func (s *simNet) round() {
 		st.step(s.now)
 		for _, m := range st.outgoing(s.now) {
 			s.sent++
-			if s.dead[m.To] || s.rng.Float64() < s.loss {
+			if s.dead[m.To] || s.rng.Float64() < s.loss || s.drop != nil && s.drop(n, m) {
 				continue
 			}
 			key, err := relayMACKey(s.keys[n], s.keys[m.To].PublicKey())
@@ -395,4 +396,34 @@ func TestRelaySignalShortAbsence(t *testing.T) {
 	})
 	via, _ := s.agreed("node01", "node02")
 	t.Logf("relayed via %s before the absence, via %s after", first, via)
+}
+
+// TestRelaySignalMissedWithdrawal: the relay withdraws from a pair for a
+// moment, and the withdrawal reaches only one end. The proposer's renewal
+// of the relay brings both ends back to the same relay.
+func TestRelaySignalMissedWithdrawal(t *testing.T) {
+	s := newSimNet(t, 5)
+	s.setCut("node01", "node02", true)
+	s.until(10*time.Second, func() error { return s.allRelayed("node01", []string{"node02"}) })
+	via, _ := s.agreed("node01", "node02")
+	s.drop = func(from string, m relayMsg) bool {
+		return from == via && m.Kind == kindWithdraw && m.To == "node01"
+	}
+	// The relay loses its path to node02 for a moment: it withdraws.
+	s.blind[[2]string{via, "node02"}] = true
+	s.until(5*time.Second, func() error {
+		if got := s.nodes["node02"].relayOf("node01"); got != "" {
+			return fmt.Errorf("node02 still relays node01 via %s", got)
+		}
+		return nil
+	})
+	delete(s.blind, [2]string{via, "node02"})
+	if got := s.nodes["node01"].relayOf("node02"); got != via {
+		t.Fatalf("node01 relays node02 via %q, want %s (the withdrawal to it was lost)", got, via)
+	}
+	cfg := defaultRelaySignalConfig("node01", s.now)
+	s.until(cfg.RelayRefresh+cfg.ProposalTimeout+5*time.Second, func() error {
+		_, err := s.agreed("node01", "node02")
+		return err
+	})
 }
