@@ -111,9 +111,16 @@ func routes(prefixes []string, addr string) bool {
 func poll(t testing.TB, ctx context.Context, f func() error) {
 	t.Helper()
 	var err error
+	start, logged := time.Now(), time.Now()
 	for {
 		if err = f(); err == nil {
 			return
+		}
+		// A long wait says what it waits for now and then: the last error
+		// alone hides what held it up before.
+		if time.Since(logged) >= 15*time.Second {
+			logged = time.Now()
+			t.Logf("still waiting after %v: %v", time.Since(start).Round(time.Second), err)
 		}
 		select {
 		case <-ctx.Done():
