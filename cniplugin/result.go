@@ -20,11 +20,12 @@ type link struct {
 
 // newResult is the CNI result (in the newest version) of one attachment:
 // the host end first, then the pod's interface holding the address, and the
-// default route through the gateway.
+// default route through the gateway; in a dual-stack cluster the IPv6
+// address and default route follow the IPv4 ones.
 func newResult(alloc api.Allocation, host, pod link) *current.Result {
 	podIdx := 1
 	gw := net.IP(alloc.Gateway.AsSlice())
-	return &current.Result{
+	r := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
 			{Name: host.Name, Mac: host.MAC},
@@ -37,6 +38,12 @@ func newResult(alloc api.Allocation, host, pod link) *current.Result {
 		}},
 		Routes: []*types.Route{{Dst: prefixIPNet(netip.MustParsePrefix("0.0.0.0/0")), GW: gw}},
 	}
+	if alloc.Address6.IsValid() {
+		gw6 := net.IP(alloc.Gateway6.AsSlice())
+		r.IPs = append(r.IPs, &current.IPConfig{Interface: &podIdx, Address: prefixIPNet(alloc.Address6), Gateway: gw6})
+		r.Routes = append(r.Routes, &types.Route{Dst: prefixIPNet(netip.MustParsePrefix("::/0")), GW: gw6})
+	}
+	return r
 }
 
 func prefixIPNet(p netip.Prefix) net.IPNet {
@@ -62,6 +69,10 @@ func validAllocation(a api.Allocation) error {
 		return fmt.Errorf("the weft daemon gave the pod address %q; want an IPv4 /32", a.Address)
 	case !a.Gateway.IsValid() || !a.Gateway.Is4():
 		return fmt.Errorf("the weft daemon gave the pod gateway %q; want an IPv4 address", a.Gateway)
+	case a.Address6.IsValid() && (!a.Address6.Addr().Is6() || a.Address6.Addr().Is4In6() || a.Address6.Bits() != 128):
+		return fmt.Errorf("the weft daemon gave the pod IPv6 address %q; want an IPv6 /128", a.Address6)
+	case a.Address6.IsValid() && (!a.Gateway6.IsValid() || !a.Gateway6.Is6()):
+		return fmt.Errorf("the weft daemon gave the pod IPv6 gateway %q; want an IPv6 address", a.Gateway6)
 	case a.MTU != 0 && (a.MTU < MinMTU || a.MTU > MaxMTU):
 		return fmt.Errorf("the weft daemon gave the pod MTU %d; want %d to %d", a.MTU, MinMTU, MaxMTU)
 	}
