@@ -288,6 +288,14 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	if err := setLooseRPFilter(a.tun.Name(), a.log); err != nil {
 		return err
 	}
+	if cfg.PodCIDR6.IsValid() || cfg.PodCIDR.Addr().Is6() {
+		// A host whose new interfaces start without IPv6
+		// (net.ipv6.conf.default.disable_ipv6=1) still carries the pods'
+		// IPv6 traffic on the tunnel device.
+		if err := setSysctlPath("net/ipv6/conf/"+a.tun.Name()+"/disable_ipv6", "0"); err != nil {
+			return fmt.Errorf("enable IPv6 on %s for the IPv6 pod range: %w", a.tun.Name(), err)
+		}
+	}
 	seed, err := parseIPAllocInit(cfg.IPAllocInit)
 	if err != nil {
 		return err
