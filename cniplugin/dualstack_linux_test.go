@@ -14,14 +14,20 @@ import (
 	"github.com/weftnet/weft/cniplugin/cniplugintest"
 )
 
-// TestAddDualStack: with a dual-stack daemon, the result lists both
+// TestAddDualStack: with a dual-stack daemon, on a node whose new
+// interfaces start without IPv6, the result lists both
 // addresses with their gateways and a default route per family; the pod
 // holds both addresses and both default routes, the node routes both to
 // it, two pods reach each other over both families, CHECK finds it all as
 // configured, and DEL takes it all away.
 func TestAddDualStack(t *testing.T) {
 	n := newNode(t, cniplugintest.Config{Pool6: netip.MustParsePrefix("fd10:32::/64")})
+	// A node whose new interfaces start without IPv6, as the lab's nodes
+	// (and some hosts) do: the plugin turns it on for the host end.
 	if err := n.ns.Do(func(ns.NetNS) error {
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0o644); err != nil {
+			return err
+		}
 		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
 	}); err != nil {
 		t.Fatal(err)

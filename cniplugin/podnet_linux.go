@@ -122,16 +122,6 @@ func (p podNet) setHostSysctls() error {
 	// The host end has no address of its own; IPv6 router advertisements
 	// have nothing to do there.
 	_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/accept_ra", p.HostVeth), "0")
-	if p.Address6.IsValid() {
-		// The host end routes the pod's IPv6 traffic: IPv6 on, and no
-		// duplicate address detection holding its link-local address
-		// back for a second, during which it cannot resolve the pod.
-		for _, kv := range [][2]string{{"disable_ipv6", "0"}, {"accept_dad", "0"}} {
-			if _, err := sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/%s", p.HostVeth, kv[0]), kv[1]); err != nil {
-				return fmt.Errorf("set net.ipv6.conf.%s.%s=%s: %w", p.HostVeth, kv[0], kv[1], err)
-			}
-		}
-	}
 	return nil
 }
 
@@ -199,6 +189,13 @@ func (p podNet) setupHost(h netlinksafe.Handle, l netlink.Link) error {
 // kernel's own routes (link-local, multicast) stay.
 func (p podNet) setupHost6(h netlinksafe.Handle, l netlink.Link) error {
 	if p.Address6.IsValid() {
+		// The host end routes the pod's IPv6 traffic: IPv6 on, even on a
+		// node whose new interfaces start without it. (Set here, not in
+		// setupVeth: ADD learns that the pod has an IPv6 address only
+		// from the daemon's answer.)
+		if _, err := sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/disable_ipv6", p.HostVeth), "0"); err != nil {
+			return fmt.Errorf("set net.ipv6.conf.%s.disable_ipv6=0: %w", p.HostVeth, err)
+		}
 		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(p.Address6), Scope: netlink.SCOPE_LINK}
 		if err := h.RouteReplace(r); err != nil {
 			return fmt.Errorf("add route to %s via %s: %w", p.Address6, p.HostVeth, err)
