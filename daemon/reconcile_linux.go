@@ -341,7 +341,11 @@ func (a *agent) ensureLink(link netlink.Link, self, probe, self6 netip.Addr) err
 	if !self.IsValid() {
 		return nil
 	}
-	addrs, err := a.nl.AddrList(link, netlink.FAMILY_ALL)
+	family := netlink.FAMILY_V4
+	if self6.IsValid() {
+		family = netlink.FAMILY_ALL
+	}
+	addrs, err := a.nl.AddrList(link, family)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 	}
