@@ -252,3 +252,42 @@ func TestPairedPrefix(t *testing.T) {
 		}
 	}
 }
+
+// TestIPv6Only: an allocator over an IPv6 range (an IPv6-only cluster)
+// runs its ring over the range's first /96, hands out IPv6 addresses with
+// no pair, donates, and keeps its allocations over a restart.
+func TestIPv6Only(t *testing.T) {
+	n := ipalloctest.NewNetwork()
+	cidr := netip.MustParsePrefix("fd10:41::/48")
+	dir := t.TempDir()
+	a := n.Add(t, ipalloc.Config{Self: "a", CIDR: cidr, Seed: []string{"a"}, StateDir: dir})
+	b := n.Add(t, ipalloc.Config{Self: "b", CIDR: cidr})
+	if err := n.Gossip(); err != nil {
+		t.Fatal(err)
+	}
+	first := mustAlloc(t, a, key(1))
+	if first != netip.MustParseAddr("fd10:41::1") || a.Paired(first).IsValid() {
+		t.Errorf("first address %s (pair %s), want fd10:41::1 and no pair", first, a.Paired(first))
+	}
+	addr := mustAlloc(t, b, key(2))
+	if !cidr.Contains(addr) || addr == first {
+		t.Errorf("b got %s", addr)
+	}
+	if st := a.Status(nil); st.Range != netip.MustParsePrefix("fd10:41::/96") {
+		t.Errorf("ring range %s, want fd10:41::/96", st.Range)
+	}
+	for o, ps := range a.Ranges() {
+		for _, p := range ps {
+			if !p.Addr().Is6() || p.Bits() < 96 || !cidr.Contains(p.Addr()) {
+				t.Errorf("range %s of %s is not inside fd10:41::/96", p, o)
+			}
+		}
+	}
+	a = n.Restart(t, "a")
+	if err := n.Gossip(); err != nil {
+		t.Fatal(err)
+	}
+	if got := listed(a); got != "c1/eth0 fd10:41::1\n" {
+		t.Errorf("allocations after a restart:\n%s", got)
+	}
+}

@@ -116,8 +116,10 @@ type Transport interface {
 
 // Config of an Allocator.
 type Config struct {
-	Self string       // this node's name; required
-	CIDR netip.Prefix // the pod range; required
+	Self string // this node's name; required
+	// CIDR is the pod range; required. IPv4, or IPv6 for an IPv6-only
+	// cluster: the ring then spans the range's first /96 at most.
+	CIDR netip.Prefix
 	// PairCIDR, for a dual-stack cluster, is the IPv6 pod range beside the
 	// IPv4 CIDR: each address of CIDR comes with the address at the same
 	// offset of PairCIDR (pair.go). It must hold at least as many
@@ -212,6 +214,7 @@ func New(cfg Config) (*Allocator, error) {
 	if cfg.Peers == nil {
 		cfg.Peers = func() []string { return nil }
 	}
+	cfg.CIDR = ringRange(cfg.CIDR)
 	fresh, err := ring.NewEmpty(cfg.CIDR)
 	if err != nil {
 		return nil, fmt.Errorf("ipalloc: %w", err)

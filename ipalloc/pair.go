@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+
+	"github.com/weftnet/weft/ipalloc/ring"
 )
 
 // Dual stack. A cluster with an IPv4 and an IPv6 pod range has one ring,
@@ -145,4 +147,15 @@ func (a *Allocator) checkStoredPair(stored netip.Prefix) error {
 		"set --pod-cidr %s,%s, or move the file away to start empty "+
 		"(addresses of the pods running on this node may then be handed out again)",
 		a.store.path, stored, a.cfg.CIDR, flag, a.cfg.CIDR, stored)
+}
+
+// ringRange is the range the ring spans for the pod range cidr: cidr
+// itself, but for an IPv6 range larger than the ring's 2^32 addresses its
+// first /96 (an IPv6-only cluster with a /48 or /64 hands out addresses
+// of its first /96).
+func ringRange(cidr netip.Prefix) netip.Prefix {
+	if cidr.IsValid() && cidr.Addr().Is6() && !cidr.Addr().Is4In6() && cidr.Bits() < 128-ring.MaxHostBits {
+		return netip.PrefixFrom(cidr.Masked().Addr(), 128-ring.MaxHostBits)
+	}
+	return cidr
 }

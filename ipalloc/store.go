@@ -151,7 +151,7 @@ func openStore(dir string) (s *store, l loaded, err error) {
 				return corrupt(path, fmt.Errorf("bad allocation key %q", k))
 			}
 			var sa storedAlloc
-			if err := json.Unmarshal(v, &sa); err != nil || !sa.Addr.Is4() {
+			if err := json.Unmarshal(v, &sa); err != nil || !sa.Addr.IsValid() {
 				return corrupt(path, fmt.Errorf("allocation of %v: bad record %q", key, v))
 			}
 			l.allocs = append(l.allocs, Allocation{Key: key, Addr: sa.Addr, Meta: sa.Meta, Created: sa.Created})
