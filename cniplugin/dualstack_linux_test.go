@@ -127,3 +127,48 @@ func TestAddDualStack(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAddIPv6Only: with an IPv6-only daemon the pod gets its IPv6 address
+// and default route and no IPv4 address; two pods reach each other;
+// CHECK passes and DEL cleans up.
+func TestAddIPv6Only(t *testing.T) {
+	n := newNode(t, cniplugintest.Config{Pool: netip.MustParsePrefix("fd10:41::/112")})
+	if err := n.ns.Do(func(ns.NetNS) error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	list := n.conflist(t, "1.0.0", "")
+	podA, podB := newNetns(t), newNetns(t)
+	ra := addOK(t, n, list, "pod-a", podA)
+	rb := addOK(t, n, list, "pod-b", podB)
+	if len(ra.IPs) != 1 || ra.IPs[0].Address.String() != "fd10:41::1/128" || len(ra.Routes) != 1 || ra.Routes[0].Dst.String() != "::/0" {
+		t.Fatalf("result IPs %v routes %v, want fd10:41::1/128 and ::/0 only", ra.IPs, ra.Routes)
+	}
+	err := podA.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		if v4, _ := netlinksafe.AddrList(l, netlink.FAMILY_V4); len(v4) != 0 {
+			return fmt.Errorf("IPv4 addresses %v in an IPv6-only pod", v4)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ping(t, podA, rb.IPs[0].Address.IP.String()); err != nil {
+		t.Errorf("pod-a to pod-b: %v", err)
+	}
+	if err := n.in(func() error {
+		return n.cni.CheckNetworkList(t.Context(), list, runtimeConf("pod-a", podA))
+	}); err != nil {
+		t.Errorf("CHECK of an IPv6-only pod: %v", err)
+	}
+	if err := n.in(func() error {
+		return n.cni.DelNetworkList(t.Context(), list, runtimeConf("pod-a", podA))
+	}); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+}

@@ -289,9 +289,11 @@ func comparePrevResult(prev types.Result, alloc api.Allocation) []string {
 	if err != nil {
 		return []string{fmt.Sprintf("cannot read prevResult: %v", err)}
 	}
-	held := []netip.Prefix{alloc.Address}
-	if alloc.Address6.IsValid() {
-		held = append(held, alloc.Address6)
+	var held []netip.Prefix
+	for _, p := range []netip.Prefix{alloc.Address, alloc.Address6} {
+		if p.IsValid() {
+			held = append(held, p)
+		}
 	}
 	missing := false
 	for _, want := range held {

@@ -164,9 +164,11 @@ func (p podNet) setupHost(h netlinksafe.Handle, l netlink.Link) error {
 	if err := setMTUUp(h, l, p.MTU); err != nil {
 		return err
 	}
-	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(p.Address), Scope: netlink.SCOPE_LINK}
-	if err := h.RouteReplace(r); err != nil {
-		return fmt.Errorf("add route to %s via %s: %w", p.Address, p.HostVeth, err)
+	if p.Address.IsValid() { // not in an IPv6-only cluster
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(p.Address), Scope: netlink.SCOPE_LINK}
+		if err := h.RouteReplace(r); err != nil {
+			return fmt.Errorf("add route to %s via %s: %w", p.Address, p.HostVeth, err)
+		}
 	}
 	// Routes to an address the pod held before (the daemon lost its
 	// allocation and gave another) would steal that address's traffic.
@@ -237,6 +239,20 @@ func (p podNet) setupPodSide(h netlinksafe.Handle, l netlink.Link, hostMAC net.H
 			}
 		}
 	}
+	if p.Address.IsValid() {
+		if err := p.setupPodSide4(h, l, hostMAC); err != nil {
+			return err
+		}
+	}
+	if p.Address6.IsValid() {
+		return p.setupPodSide6(h, l, hostMAC)
+	}
+	return nil
+}
+
+// setupPodSide4 gives the pod its IPv4 address, the gateway on-link with
+// a permanent neighbour entry, and the IPv4 default route.
+func (p podNet) setupPodSide4(h netlinksafe.Handle, l netlink.Link, hostMAC net.HardwareAddr) error {
 	if err := h.AddrReplace(l, &netlink.Addr{IPNet: ipNet(p.Address)}); err != nil {
 		return fmt.Errorf("add address %s to %s: %w", p.Address, p.IfName, err)
 	}
@@ -256,9 +272,6 @@ func (p podNet) setupPodSide(h netlinksafe.Handle, l netlink.Link, hostMAC net.H
 	def := &netlink.Route{LinkIndex: idx, Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: gw}
 	if err := h.RouteReplace(def); err != nil {
 		return fmt.Errorf("add default route via %s on %s: %w", p.Gateway, p.IfName, err)
-	}
-	if p.Address6.IsValid() {
-		return p.setupPodSide6(h, l, hostMAC)
 	}
 	return nil
 }
@@ -379,6 +392,9 @@ func (p podNet) checkHost(l netlink.Link) []string {
 			diffs = append(diffs, fmt.Sprintf("%s is %q, want %s", strings.ReplaceAll(name, "/", "."), v, kv[1]))
 		}
 	}
+	if !p.Address.IsValid() {
+		return diffs // IPv6 only
+	}
 	routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4,
 		&netlink.Route{Dst: ipNet(p.Address), Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
 	if err != nil {
@@ -393,6 +409,9 @@ func (p podNet) checkHost(l netlink.Link) []string {
 func (p podNet) checkPodSide(l netlink.Link) []string {
 	name := l.Attrs().Name
 	diffs := checkMTUUp(l, p.MTU)
+	if !p.Address.IsValid() {
+		return append(diffs, p.checkPodSide6(l)...) // IPv6 only
+	}
 	addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_V4)
 	if err != nil {
 		return append(diffs, fmt.Sprintf("cannot list addresses of %s: %v", name, err))

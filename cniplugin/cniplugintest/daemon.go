@@ -24,7 +24,8 @@ type Config struct {
 	Socket string
 	// Pool is the range addresses are handed out from (also the PodCIDR of
 	// every allocation); default 10.32.0.0/16. The first address (the
-	// network) is never handed out.
+	// network) is never handed out. An IPv6 Pool makes the daemon IPv6
+	// only, as weft's is with an IPv6 --pod-cidr.
 	Pool netip.Prefix
 	// Gateway is the pods' link-local next hop; default 169.254.1.1.
 	Gateway netip.Addr
@@ -253,7 +254,13 @@ func (d *Daemon) allocate(att api.Attachment) (api.Allocation, *api.Error) {
 		MTU:        d.cfg.MTU,
 		PodCIDR:    d.cfg.Pool,
 	}
-	if d.cfg.Pool6.IsValid() {
+	if addr.Is6() {
+		// An IPv6 Pool: an IPv6-only daemon.
+		a.Address, a.Gateway, a.PodCIDR = netip.Prefix{}, netip.Addr{}, netip.Prefix{}
+		a.Address6 = netip.PrefixFrom(addr, 128)
+		a.Gateway6 = netip.MustParseAddr("fe80::1")
+		a.PodCIDR6 = d.cfg.Pool
+	} else if d.cfg.Pool6.IsValid() {
 		off := addrOffset(d.cfg.Pool.Masked().Addr(), addr)
 		a6 := d.cfg.Pool6.Masked().Addr().As16()
 		for i := 15; i >= 12; i-- {
