@@ -47,6 +47,16 @@ func (a *agent) allocation(at api.Attachment, addr netip.Addr) api.Allocation {
 		MTU:        a.mtu,
 		PodCIDR:    a.cfg.PodCIDR,
 	}
+	if addr.Is6() {
+		// IPv6 only: the ring's addresses are IPv6.
+		return api.Allocation{
+			Attachment: at,
+			Address6:   netip.PrefixFrom(addr, 128),
+			Gateway6:   podGateway6,
+			MTU:        a.mtu,
+			PodCIDR6:   a.cfg.PodCIDR,
+		}
+	}
 	// Dual stack: the IPv6 address comes with the IPv4 one (one
 	// allocation, see ipalloc.Config.PairCIDR).
 	if addr6 := a.alloc.Paired(addr); addr6.IsValid() {

@@ -90,3 +90,14 @@ func TestCheckTunnelAddrPerFamily(t *testing.T) {
 		t.Errorf("IPv6 tunnel address on an IPv4-only node: %q, want a refusal", got)
 	}
 }
+
+// TestDesiredRoutesIPv6Only: with one IPv6 pod range, the node's IPv6
+// tunnel address is the source of the routes to its peers' ranges.
+func TestDesiredRoutesIPv6Only(t *testing.T) {
+	got := renderRoutes(desiredRoutesFamilies(pfx("fd10:41::/48"), []netip.Addr{netip.MustParseAddr("fd10:41::1"), {}},
+		map[string][]netip.Prefix{"node2": pfx("fd10:41::8000:0/97")}))
+	want := "unreachable fd10:41::/48 proto weft\nfd10:41::8000:0/97 dev TUNNEL proto weft src fd10:41::1\n"
+	if got != want {
+		t.Errorf("routes:\n%s\nwant\n%s", got, want)
+	}
+}

@@ -342,7 +342,7 @@ func (a *agent) ensureLink(link netlink.Link, self, probe, self6 netip.Addr) err
 		return nil
 	}
 	family := netlink.FAMILY_V4
-	if self6.IsValid() {
+	if self6.IsValid() || self.Is6() {
 		family = netlink.FAMILY_ALL
 	}
 	addrs, err := a.nl.AddrList(link, family)
