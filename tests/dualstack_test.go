@@ -129,7 +129,7 @@ func TestDualStack(t *testing.T) {
 		}
 	}
 
-	checkDSUnderlay(t, ctx, lab, cp.Addr, pods)
+	checkDSUnderlay(t, ctx, lab, cp.Addr, pods, dsPodCIDR4, dsPodCIDR6)
 	checkDSPolicy(t, ctx, client, pods)
 }
 
@@ -202,7 +202,15 @@ func startDSPod(t *testing.T, ctx context.Context, client kubernetes.Interface, 
 	if _, err := client.CoreV1().Pods("ds").UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := netlab.Listen(lp.Netns, "tcp", ":80")
+	serveSource(t, lp)
+	return p
+}
+
+// serveSource runs a TCP server on port 80 in pod p until the test ends:
+// it answers each connection with the address the client came from.
+func serveSource(t *testing.T, p *netlab.Pod) {
+	t.Helper()
+	ln, err := netlab.Listen(p.Netns, "tcp", ":80")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +226,6 @@ func startDSPod(t *testing.T, ctx context.Context, client kubernetes.Interface, 
 			c.Close()
 		}
 	}()
-	return p
 }
 
 // dsSource is the address pod a sends from to dst.
@@ -257,7 +264,7 @@ func ping6(ctx context.Context, p *netlab.Pod, dst netip.Addr) error {
 // IPv4 across nodes: between the nodes only WireGuard and gossip pass,
 // and no pod address or payload crosses in clear (traffic to the API
 // server at api is left aside, but must not carry pod traffic either).
-func checkDSUnderlay(t *testing.T, ctx context.Context, lab *netlab.Lab, api netip.Addr, pods []*dsPod) {
+func checkDSUnderlay(t *testing.T, ctx context.Context, lab *netlab.Lab, api netip.Addr, pods []*dsPod, podCIDRs ...netip.Prefix) {
 	t.Helper()
 	pattern := []byte{0xde, 0xad, 0xbe, 0xef, 0x57, 0xef, 0x66, 0x06}
 	capture, err := lab.Capture(ctx)
@@ -270,6 +277,9 @@ func checkDSUnderlay(t *testing.T, ctx context.Context, lab *netlab.Lab, api net
 			t.Fatalf("IPv6 ping with a pattern to %s: %v\n%s", dst.Name, err, out)
 		}
 		for _, a := range []netip.Addr{dst.ip4, dst.ip6} {
+			if !a.IsValid() {
+				continue // IPv6 only
+			}
 			if _, err := dsTCP(ctx, pods[0].Pod, a); err != nil {
 				t.Errorf("TCP to %s during the capture: %v", a, err)
 			}
@@ -283,16 +293,18 @@ func checkDSUnderlay(t *testing.T, ctx context.Context, lab *netlab.Lab, api net
 		}
 		for _, pod := range pods {
 			for _, a := range []netip.Addr{pod.ip4, pod.ip6} {
-				if bytes.Contains(p.Data, a.AsSlice()) {
+				if a.IsValid() && bytes.Contains(p.Data, a.AsSlice()) {
 					t.Errorf("pod address %s crossed the underlay in clear: %s %s -> %s", a, p.Proto, p.Src, p.Dst)
 				}
 			}
 		}
-		if dsPodCIDR4.Contains(p.Src) || dsPodCIDR4.Contains(p.Dst) || dsPodCIDR6.Contains(p.Src) || dsPodCIDR6.Contains(p.Dst) {
-			t.Errorf("a packet with a pod-range address on the underlay: %s -> %s", p.Src, p.Dst)
+		for _, r := range podCIDRs {
+			if r.Contains(p.Src) || r.Contains(p.Dst) {
+				t.Errorf("a packet with a pod-range address on the underlay: %s -> %s", p.Src, p.Dst)
+			}
 		}
 		switch {
-		case p.Src == api || p.Dst == api:
+		case api.IsValid() && (p.Src == api || p.Dst == api):
 		case p.Proto == netlab.ProtoARP:
 		case p.Proto == netlab.ProtoUDP && (p.DstPort == 6784 || p.SrcPort == 6784):
 			wg++
@@ -302,7 +314,7 @@ func checkDSUnderlay(t *testing.T, ctx context.Context, lab *netlab.Lab, api net
 		}
 	}
 	if wg < 12 {
-		t.Errorf("saw %d WireGuard packets for 6 pings, 4 TCP connections and their replies", wg)
+		t.Errorf("saw %d WireGuard packets for 6 pings, TCP connections and their replies", wg)
 	}
 	t.Logf("%d frames captured, %d WireGuard", len(packets), wg)
 }
@@ -355,4 +367,66 @@ func checkDSPolicy(t *testing.T, ctx context.Context, client kubernetes.Interfac
 		}
 		return nil
 	})
+}
+
+// TestIPv6Only runs three nodes with only an IPv6 pod range (--pod-cidr
+// fd10:41::/48, no Kubernetes): the nodes' tunnel addresses and the pods'
+// addresses are IPv6, pods on every node reach each other (ping and TCP,
+// without NAT), and the underlay between the nodes (IPv4) carries only
+// WireGuard and gossip.
+func TestIPv6Only(t *testing.T) {
+	lab := newLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	pod6 := netip.MustParsePrefix("fd10:41::/48")
+	nodes, err := lab.AddNodes(0, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAll(t, ctx, nodes, func(*netlab.Node) []string { return seedArgs(nodes[0], nodes, "--pod-cidr", pod6.String()) })
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range nodes {
+				t.Logf("%s daemon log:\n%s", n.Name, n.LogTail(40))
+			}
+		}
+	})
+	tunnel := waitMesh(t, ctx, nodes)
+	for _, n := range nodes {
+		if !pod6.Contains(tunnel[n.Name]) {
+			t.Errorf("%s: tunnel address %s outside %s", n.Name, tunnel[n.Name], pod6)
+		}
+	}
+	var pods []*dsPod
+	for _, lp := range addPods(t, ctx, nodes, 1) {
+		ips := lp.IPs()
+		if len(ips) != 1 || !pod6.Contains(ips[0]) {
+			t.Fatalf("pod %s has addresses %v, want one in %s", lp.Name, ips, pod6)
+		}
+		serveSource(t, lp)
+		pods = append(pods, &dsPod{Pod: lp, ip6: ips[0]})
+	}
+	for _, a := range pods {
+		for _, b := range pods {
+			if a == b {
+				continue
+			}
+			poll(t, ctx, func() error {
+				if err := ping6(ctx, a.Pod, b.ip6); err != nil {
+					return err
+				}
+				got, err := dsTCP(ctx, a.Pod, b.ip6)
+				if err == nil && got != a.ip6.String() {
+					return fmt.Errorf("TCP %s -> %s: the server saw %s, want %s (no NAT between pods)", a.Name, b.ip6, got, a.ip6)
+				}
+				return err
+			})
+		}
+		for _, n := range nodes {
+			if err := ping6(ctx, a.Pod, tunnel[n.Name]); err != nil {
+				t.Errorf("pod %s cannot reach %s at its tunnel address %s: %v", a.Name, n.Name, tunnel[n.Name], err)
+			}
+		}
+	}
+	checkDSUnderlay(t, ctx, lab, netip.Addr{}, pods, pod6)
 }
