@@ -32,9 +32,9 @@ import (
 // end of the pod's veth answers ARP for it (proxy ARP).
 var podGateway = netip.MustParseAddr("169.254.1.1")
 
-// podGateway6 is the IPv6 next hop of a dual-stack pod: a link-local
-// address, for which the plugin gives the pod a permanent neighbour entry
-// to the host end's MAC.
+// podGateway6 is the IPv6 next hop of a pod (dual stack or IPv6 only): a
+// link-local address, for which the plugin gives the pod a permanent
+// neighbour entry to the host end's MAC.
 var podGateway6 = netip.MustParseAddr("fe80::1")
 
 // agent is one running daemon. The reconcile loop owns the tunnel, routes
@@ -264,7 +264,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 			return err
 		}
 	}
-	if cfg.PodCIDR6.IsValid() || cfg.PodCIDR.Addr().Is6() {
+	if cfg.hasIPv6() {
 		for _, s := range nodeSysctls6 {
 			if err := setSysctl(s[0], s[1]); err != nil {
 				return err
@@ -288,7 +288,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	if err := setLooseRPFilter(a.tun.Name(), a.log); err != nil {
 		return err
 	}
-	if cfg.PodCIDR6.IsValid() || cfg.PodCIDR.Addr().Is6() {
+	if cfg.hasIPv6() {
 		// A host whose new interfaces start without IPv6
 		// (net.ipv6.conf.default.disable_ipv6=1) still carries the pods'
 		// IPv6 traffic on the tunnel device.

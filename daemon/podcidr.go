@@ -71,6 +71,10 @@ func (c Config) PodCIDRs() []netip.Prefix {
 	return out
 }
 
+// hasIPv6 reports whether pods get IPv6 addresses (dual stack or IPv6
+// only).
+func (c Config) hasIPv6() bool { return c.PodCIDR6.IsValid() || c.PodCIDR.Addr().Is6() }
+
 // validatePodCIDRs checks the sizes of the pod ranges. Each address of the
 // ring's range (PodCIDR) comes with the address at the same offset of
 // PodCIDR6 (see ipalloc.Config.PairCIDR), so the IPv6 range must be at
