@@ -145,6 +145,9 @@ func (a *agent) publishNode(ctx context.Context) error {
 		if a.tunnelAddr.IsValid() {
 			info.TunnelAddr = a.tunnelAddr.String()
 		}
+		if a.tunnelAddr6.IsValid() {
+			info.TunnelAddr6 = a.tunnelAddr6.String()
+		}
 		a.mu.Unlock()
 		if info != published {
 			if err := kube.PublishNode(ctx, a.kube, a.cfg.NodeName, info); err != nil {

@@ -42,3 +42,26 @@ func TestEnsureGenesisDual(t *testing.T) {
 		t.Errorf("dual-stack daemon in a cluster whose genesis predates IPv6: %v", err)
 	}
 }
+
+// TestPublishNodeDualStack: a dual-stack node's IPv6 tunnel address is
+// published beside the IPv4 one and removed when it has none.
+func TestPublishNodeDualStack(t *testing.T) {
+	ctx := t.Context()
+	client := fake.NewClientset(node("a", internal("10.0.0.1")))
+	info := NodeInfo{PublicKey: "pk=", TunnelAddr: "10.40.0.1", TunnelAddr6: "fd10:40::1"}
+	if err := PublishNode(ctx, client, "a", info); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := client.CoreV1().Nodes().Get(ctx, "a", metav1.GetOptions{})
+	if got.Annotations[AnnotationTunnelAddr6] != "fd10:40::1" || got.Annotations[AnnotationTunnelAddr] != "10.40.0.1" {
+		t.Errorf("annotations %v", got.Annotations)
+	}
+	info.TunnelAddr6 = ""
+	if err := PublishNode(ctx, client, "a", info); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = client.CoreV1().Nodes().Get(ctx, "a", metav1.GetOptions{})
+	if _, ok := got.Annotations[AnnotationTunnelAddr6]; ok {
+		t.Errorf("empty TunnelAddr6 left the annotation: %v", got.Annotations)
+	}
+}
