@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/weftnet/weft/kube"
 	"github.com/weftnet/weft/netlab"
 	"github.com/weftnet/weft/tests/kubelab"
 )
@@ -34,7 +35,8 @@ type dsPod struct {
 
 // TestDualStack runs three nodes with an IPv4 and an IPv6 pod range
 // (--pod-cidr 10.40.0.0/16,fd10:40::/48) against a real kube-apiserver:
-// each node gets an IPv6 tunnel address its peers route, every pod gets
+// each node gets an IPv6 tunnel address its peers route (and its Node
+// shows), every pod gets
 // one address of each family and reaches the pods of every node over both
 // (ping and a TCP connection, which sees the client's own address: no NAT
 // between pods), the underlay between the nodes carries only WireGuard and
@@ -79,6 +81,19 @@ func TestDualStack(t *testing.T) {
 	}
 
 	client := kapi.Clientset()
+	// Each node publishes its IPv6 tunnel address on its Node.
+	poll(t, ctx, func() error {
+		for _, n := range nodes {
+			node, err := client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if got := node.Annotations[kube.AnnotationTunnelAddr6]; got != tunnel6[n.Name].String() {
+				return fmt.Errorf("Node %s: %s is %q, want %s", n.Name, kube.AnnotationTunnelAddr6, got, tunnel6[n.Name])
+			}
+		}
+		return nil
+	})
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ds"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
