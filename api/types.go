@@ -57,6 +57,12 @@ type Allocation struct {
 	Gateway netip.Addr   `json:"gateway"` // the link-local next hop the pod routes through
 	MTU     int          `json:"mtu"`     // the tunnel MTU, to use for the pod's interface
 	PodCIDR netip.Prefix `json:"podCIDR"` // the cluster's whole pod range
+	// Dual stack: the pod's IPv6 address (a /128), its IPv6 next hop (a
+	// link-local address) and the cluster's IPv6 pod range; all zero, and
+	// left out of the JSON, in an IPv4-only cluster.
+	Address6 netip.Prefix `json:"address6,omitzero"`
+	Gateway6 netip.Addr   `json:"gateway6,omitzero"`
+	PodCIDR6 netip.Prefix `json:"podCIDR6,omitzero"`
 }
 
 // GCRequest lists the attachments the runtime still knows; the daemon frees

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"strings"
 
@@ -28,11 +27,11 @@ enforce NetworkPolicy. Every flag can also be set with WEFT_<FLAG> (upper case,
 			if err := applyEnv(cmd.Flags(), os.LookupEnv); err != nil {
 				return err
 			}
-			p, err := netip.ParsePrefix(podCIDR)
+			cidrs, err := daemon.ParsePodCIDRs(podCIDR)
 			if err != nil {
-				return fmt.Errorf("--pod-cidr %q: %w", podCIDR, err)
+				return err
 			}
-			cfg.PodCIDR = p.Masked()
+			cfg.SetPodCIDRs(cidrs)
 			cfg.Peers = splitList(peers)
 			if cfg.NodeName == "" {
 				if cfg.NodeName, err = os.Hostname(); err != nil {
@@ -65,7 +64,7 @@ enforce NetworkPolicy. Every flag can also be set with WEFT_<FLAG> (upper case,
 	f.StringVar(&peers, "peers", "", "comma-separated seeds to join (host or host:port)")
 	f.StringVar(&cfg.SecretFile, "secret-file", "", "file holding the cluster secret, the same on every node")
 	f.BoolVar(&cfg.Insecure, "insecure", false, "run without a cluster secret: gossip in clear and no WireGuard preshared key")
-	f.StringVar(&podCIDR, "pod-cidr", daemon.DefaultPodCIDR, "the cluster's pod address range")
+	f.StringVar(&podCIDR, "pod-cidr", daemon.DefaultPodCIDR, "the cluster's pod address range: one IPv4 or IPv6 prefix, or an IPv4 and an IPv6 prefix separated by a comma (dual stack)")
 	f.StringVar(&cfg.IPAllocInit, "ipalloc-init", "", "how the address ring is seeded: seed=NODE1,NODE2,... (the same list on every node) or kube")
 	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory for the WireGuard key and allocator state")
 	f.StringVar(&cfg.RunDir, "run-dir", cfg.RunDir, "directory for the local API socket weft.sock")

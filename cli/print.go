@@ -96,7 +96,7 @@ func printPeers(w io.Writer, st daemon.PeersStatus) error {
 		ready = "NOT READY: " + st.Reason
 	}
 	fmt.Fprintf(w, "node %s  %s  tunnel %s (%s, %s, mtu %d)  endpoint %s  key %s…\n",
-		st.Node, ready, orDash(st.TunnelAddr), st.Interface, st.WGMode, st.MTU, st.Endpoint, short(st.PublicKey))
+		st.Node, ready, withAddr6(orDash(st.TunnelAddr), st.TunnelAddr6), st.Interface, st.WGMode, st.MTU, st.Endpoint, short(st.PublicKey))
 	fmt.Fprintf(w, "mesh: %d other members, health score %d (0 is best)\n", st.Members, st.Health)
 	nat := st.NATKind
 	if nat == "" {
@@ -135,7 +135,7 @@ func printPeers(w io.Writer, st daemon.PeersStatus) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(p.Name), p.State, path, since, rtt, loss,
 			orDash(p.NATKind), orDash(p.Endpoint),
-			orDash(p.TunnelAddr), pmtu, hs, bytesHuman(p.RxBytes), bytesHuman(p.TxBytes), strings.Join(p.AllowedIPs, ","))
+			withAddr6(orDash(p.TunnelAddr), p.TunnelAddr6), pmtu, hs, bytesHuman(p.RxBytes), bytesHuman(p.TxBytes), strings.Join(p.AllowedIPs, ","))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -153,7 +153,11 @@ func printIPAM(w io.Writer, st ipalloc.Status) error {
 	if !st.Ready {
 		ready = "NOT READY: " + st.Reason
 	}
-	fmt.Fprintf(w, "pod range %s (%d addresses)  %s  allocations here: %d\n", st.Range, st.Size, ready, st.Allocations)
+	pr := st.Range.String()
+	if st.Range6.IsValid() {
+		pr += " with " + st.Range6.String()
+	}
+	fmt.Fprintf(w, "pod range %s (%d addresses)  %s  allocations here: %d\n", pr, st.Size, ready, st.Allocations)
 	if st.RefusedGenesis != "" {
 		fmt.Fprintf(w, "REFUSED a ring with another genesis: %s\n", st.RefusedGenesis)
 	}
@@ -166,9 +170,9 @@ func printIPAM(w io.Writer, st ipalloc.Status) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tREACHABLE\tSIZE\tUSED\tFREE\tRANGES")
 	for _, n := range st.Nodes {
-		rs := make([]string, len(n.Ranges))
-		for i, r := range n.Ranges {
-			rs[i] = r.String()
+		rs := make([]string, 0, len(n.Ranges)+len(n.Ranges6))
+		for _, r := range append(n.Ranges, n.Ranges6...) {
+			rs = append(rs, r.String())
 		}
 		fmt.Fprintf(tw, "%s\t%v\t%d\t%d\t%d\t%s\n", n.Name, n.Reachable, n.Size, n.Used, n.Free, strings.Join(rs, ","))
 	}
@@ -206,4 +210,12 @@ func bytesHuman(n int64) string {
 		return fmt.Sprintf("%.1fK", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%dB", n)
+}
+
+// withAddr6 appends a dual-stack node's IPv6 tunnel address, if any.
+func withAddr6(addr, addr6 string) string {
+	if addr6 == "" {
+		return addr
+	}
+	return addr + "," + addr6
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -181,6 +182,7 @@ func (p *plugin) plumb(conf *NetConf, h handles, pn podNet, alloc api.Allocation
 		return nil, types.NewError(types.ErrInternal, err.Error(), "this is a bug in the weft daemon; see its log")
 	}
 	pn.Address, pn.Gateway, pn.MTU = alloc.Address, alloc.Gateway, mtuOf(conf, alloc)
+	pn.Address6, pn.Gateway6 = alloc.Address6, alloc.Gateway6
 	host, pod, err := pn.configure(h)
 	if err != nil {
 		return nil, setupError(err)
@@ -268,6 +270,8 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 		HostVeth: HostVethName(args.ContainerID, args.IfName),
 		Address:  alloc.Address,
 		Gateway:  alloc.Gateway,
+		Address6: alloc.Address6,
+		Gateway6: alloc.Gateway6,
 		MTU:      mtuOf(conf, alloc),
 	})...)
 	if len(diffs) > 0 {
@@ -285,16 +289,34 @@ func comparePrevResult(prev types.Result, alloc api.Allocation) []string {
 	if err != nil {
 		return []string{fmt.Sprintf("cannot read prevResult: %v", err)}
 	}
-	for _, ipc := range res.IPs {
-		if ipc.Address.String() == alloc.Address.String() {
-			return nil
+	var held []netip.Prefix
+	for _, p := range []netip.Prefix{alloc.Address, alloc.Address6} {
+		if p.IsValid() {
+			held = append(held, p)
 		}
+	}
+	missing := false
+	for _, want := range held {
+		found := false
+		for _, ipc := range res.IPs {
+			if ipc.Address.String() == want.String() {
+				found = true
+			}
+		}
+		missing = missing || !found
+	}
+	if !missing {
+		return nil
 	}
 	var have []string
 	for _, ipc := range res.IPs {
 		have = append(have, ipc.Address.String())
 	}
-	return []string{fmt.Sprintf("prevResult has addresses [%s] but the daemon holds %s for this pod", strings.Join(have, " "), alloc.Address)}
+	var want []string
+	for _, p := range held {
+		want = append(want, p.String())
+	}
+	return []string{fmt.Sprintf("prevResult has addresses [%s] but the daemon holds %s for this pod", strings.Join(have, " "), strings.Join(want, " "))}
 }
 
 // gc asks the daemon to release every allocation but the valid ones, then

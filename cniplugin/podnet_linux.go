@@ -25,6 +25,10 @@ type podNet struct {
 	HostVeth string   // the host's end, HostVethName
 	Address  netip.Prefix
 	Gateway  netip.Addr
+	// Address6 and Gateway6 are the pod's IPv6 address (a /128) and
+	// link-local next hop in a dual-stack cluster; zero otherwise.
+	Address6 netip.Prefix
+	Gateway6 netip.Addr
 	MTU      int // 0 leaves the kernel's default
 }
 
@@ -137,7 +141,21 @@ func (p podNet) configure(h handles) (host, pod link, err error) {
 	}
 	host = link{Name: p.HostVeth, MAC: hostLink.Attrs().HardwareAddr.String()}
 	pod = link{Name: p.IfName, MAC: podLink.Attrs().HardwareAddr.String(), Sandbox: p.PodNS.Path()}
-	return host, pod, p.setupPodSide(h.pod, podLink, hostLink.Attrs().HardwareAddr)
+	if err := p.setupPodSide(h.pod, podLink, hostLink.Attrs().HardwareAddr); err != nil {
+		return host, pod, err
+	}
+	if p.Address6.IsValid() {
+		// The node's neighbour entry of the pod's IPv6 address, made
+		// permanent as the pod's of its gateway is: neighbour discovery
+		// towards a pod whose interface has just come up can go
+		// unanswered while the pod's link-local address is tentative.
+		neigh := &netlink.Neigh{LinkIndex: hostLink.Attrs().Index, Family: netlink.FAMILY_V6, State: netlink.NUD_PERMANENT,
+			IP: net.IP(p.Address6.Addr().AsSlice()), HardwareAddr: podLink.Attrs().HardwareAddr}
+		if err := h.host.NeighSet(neigh); err != nil {
+			return host, pod, fmt.Errorf("add neighbour %s on %s: %w", p.Address6.Addr(), p.HostVeth, err)
+		}
+	}
+	return host, pod, nil
 }
 
 // setupHost configures the host end: MTU, up, and the route to the pod's
@@ -146,9 +164,11 @@ func (p podNet) setupHost(h netlinksafe.Handle, l netlink.Link) error {
 	if err := setMTUUp(h, l, p.MTU); err != nil {
 		return err
 	}
-	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(p.Address), Scope: netlink.SCOPE_LINK}
-	if err := h.RouteReplace(r); err != nil {
-		return fmt.Errorf("add route to %s via %s: %w", p.Address, p.HostVeth, err)
+	if p.Address.IsValid() { // not in an IPv6-only cluster
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(p.Address), Scope: netlink.SCOPE_LINK}
+		if err := h.RouteReplace(r); err != nil {
+			return fmt.Errorf("add route to %s via %s: %w", p.Address, p.HostVeth, err)
+		}
 	}
 	// Routes to an address the pod held before (the daemon lost its
 	// allocation and gave another) would steal that address's traffic.
@@ -158,6 +178,40 @@ func (p podNet) setupHost(h netlinksafe.Handle, l netlink.Link) error {
 	}
 	for _, old := range routes {
 		if old.Dst != nil && old.Dst.String() != p.Address.String() {
+			if err := h.RouteDel(&old); err != nil {
+				return fmt.Errorf("remove stale route to %s via %s: %w", old.Dst, p.HostVeth, err)
+			}
+		}
+	}
+	return p.setupHost6(h, l)
+}
+
+// setupHost6 routes the pod's IPv6 address through the host end (dual
+// stack) and removes routes to IPv6 addresses it held before; the
+// kernel's own routes (link-local, multicast) stay.
+func (p podNet) setupHost6(h netlinksafe.Handle, l netlink.Link) error {
+	if p.Address6.IsValid() {
+		// The host end routes the pod's IPv6 traffic: IPv6 on, even on a
+		// node whose new interfaces start without it. (Set here, not in
+		// setupVeth: ADD learns that the pod has an IPv6 address only
+		// from the daemon's answer.)
+		if _, err := sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/disable_ipv6", p.HostVeth), "0"); err != nil {
+			return fmt.Errorf("set net.ipv6.conf.%s.disable_ipv6=0: %w", p.HostVeth, err)
+		}
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(p.Address6), Scope: netlink.SCOPE_LINK}
+		if err := h.RouteReplace(r); err != nil {
+			return fmt.Errorf("add route to %s via %s: %w", p.Address6, p.HostVeth, err)
+		}
+	}
+	routes, err := h.RouteList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return fmt.Errorf("list IPv6 routes of %s: %w", p.HostVeth, err)
+	}
+	for _, old := range routes {
+		if old.Dst == nil || old.Protocol == unix.RTPROT_KERNEL || old.Dst.IP.IsLinkLocalUnicast() || old.Dst.IP.IsMulticast() {
+			continue
+		}
+		if !p.Address6.IsValid() || old.Dst.String() != p.Address6.String() {
 			if err := h.RouteDel(&old); err != nil {
 				return fmt.Errorf("remove stale route to %s via %s: %w", old.Dst, p.HostVeth, err)
 			}
@@ -185,6 +239,20 @@ func (p podNet) setupPodSide(h netlinksafe.Handle, l netlink.Link, hostMAC net.H
 			}
 		}
 	}
+	if p.Address.IsValid() {
+		if err := p.setupPodSide4(h, l, hostMAC); err != nil {
+			return err
+		}
+	}
+	if p.Address6.IsValid() {
+		return p.setupPodSide6(h, l, hostMAC)
+	}
+	return nil
+}
+
+// setupPodSide4 gives the pod its IPv4 address, the gateway on-link with
+// a permanent neighbour entry, and the IPv4 default route.
+func (p podNet) setupPodSide4(h netlinksafe.Handle, l netlink.Link, hostMAC net.HardwareAddr) error {
 	if err := h.AddrReplace(l, &netlink.Addr{IPNet: ipNet(p.Address)}); err != nil {
 		return fmt.Errorf("add address %s to %s: %w", p.Address, p.IfName, err)
 	}
@@ -208,12 +276,49 @@ func (p podNet) setupPodSide(h netlinksafe.Handle, l netlink.Link, hostMAC net.H
 	return nil
 }
 
+// setupPodSide6 gives the pod its IPv6 address (a /128, without duplicate
+// address detection: the ring made it the pod's alone), a permanent
+// neighbour entry of the link-local gateway to the host end's MAC, and the
+// IPv6 default route through it.
+func (p podNet) setupPodSide6(h netlinksafe.Handle, l netlink.Link, hostMAC net.HardwareAddr) error {
+	addrs, err := addrListFamily(h, l, netlink.FAMILY_V6)
+	if err != nil {
+		return fmt.Errorf("list IPv6 addresses of %s: %w", p.IfName, err)
+	}
+	for _, a := range addrs {
+		if !a.IP.IsLinkLocalUnicast() && a.IPNet.String() != p.Address6.String() {
+			if err := h.AddrDel(l, &a); err != nil {
+				return fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, p.IfName, err)
+			}
+		}
+	}
+	if err := h.AddrReplace(l, &netlink.Addr{IPNet: ipNet(p.Address6), Flags: unix.IFA_F_NODAD}); err != nil {
+		return fmt.Errorf("add address %s to %s: %w", p.Address6, p.IfName, err)
+	}
+	idx := l.Attrs().Index
+	gw := net.IP(p.Gateway6.AsSlice())
+	neigh := &netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V6, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostMAC}
+	if err := h.NeighSet(neigh); err != nil {
+		return fmt.Errorf("add neighbour %s on %s: %w", p.Gateway6, p.IfName, err)
+	}
+	def := &netlink.Route{LinkIndex: idx, Dst: ipNet(netip.MustParsePrefix("::/0")), Gw: gw}
+	if err := h.RouteReplace(def); err != nil {
+		return fmt.Errorf("add IPv6 default route via %s on %s: %w", p.Gateway6, p.IfName, err)
+	}
+	return nil
+}
+
 // addrList lists l's IPv4 addresses, asking again when the kernel says the
 // dump was interrupted by a change (as netlinksafe does for the calls it
 // wraps).
 func addrList(h netlinksafe.Handle, l netlink.Link) ([]netlink.Addr, error) {
+	return addrListFamily(h, l, netlink.FAMILY_V4)
+}
+
+// addrListFamily is addrList for one address family.
+func addrListFamily(h netlinksafe.Handle, l netlink.Link, family int) ([]netlink.Addr, error) {
 	for range 4 {
-		addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+		addrs, err := h.AddrList(l, family)
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			return addrs, err
 		}
@@ -287,6 +392,9 @@ func (p podNet) checkHost(l netlink.Link) []string {
 			diffs = append(diffs, fmt.Sprintf("%s is %q, want %s", strings.ReplaceAll(name, "/", "."), v, kv[1]))
 		}
 	}
+	if !p.Address.IsValid() {
+		return diffs // IPv6 only
+	}
 	routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4,
 		&netlink.Route{Dst: ipNet(p.Address), Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
 	if err != nil {
@@ -301,6 +409,9 @@ func (p podNet) checkHost(l netlink.Link) []string {
 func (p podNet) checkPodSide(l netlink.Link) []string {
 	name := l.Attrs().Name
 	diffs := checkMTUUp(l, p.MTU)
+	if !p.Address.IsValid() {
+		return append(diffs, p.checkPodSide6(l)...) // IPv6 only
+	}
 	addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_V4)
 	if err != nil {
 		return append(diffs, fmt.Sprintf("cannot list addresses of %s: %v", name, err))
@@ -335,6 +446,45 @@ func (p podNet) checkPodSide(l netlink.Link) []string {
 	}
 	if !hasRoute(defRoutes, l.Attrs().Index, gw) {
 		diffs = append(diffs, fmt.Sprintf("pod default route via %s on %s is missing", p.Gateway, name))
+	}
+	if p.Address6.IsValid() {
+		diffs = append(diffs, p.checkPodSide6(l)...)
+	}
+	return diffs
+}
+
+// checkPodSide6 is checkPodSide for the IPv6 address and default route.
+func (p podNet) checkPodSide6(l netlink.Link) []string {
+	var diffs []string
+	name := l.Attrs().Name
+	addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return []string{fmt.Sprintf("cannot list IPv6 addresses of %s: %v", name, err)}
+	}
+	found := false
+	for _, a := range addrs {
+		switch {
+		case a.IPNet.String() == p.Address6.String():
+			found = true
+		case !a.IP.IsLinkLocalUnicast():
+			diffs = append(diffs, fmt.Sprintf("%s has address %s that weft did not give it", name, a.IPNet))
+		}
+	}
+	if !found {
+		diffs = append(diffs, fmt.Sprintf("%s lacks its address %s", name, p.Address6))
+	}
+	routes, err := netlinksafe.RouteList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return append(diffs, fmt.Sprintf("cannot list IPv6 routes of %s: %v", name, err))
+	}
+	var defRoutes []netlink.Route
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.String() == "::/0" {
+			defRoutes = append(defRoutes, r)
+		}
+	}
+	if !hasRoute(defRoutes, l.Attrs().Index, net.IP(p.Gateway6.AsSlice())) {
+		diffs = append(diffs, fmt.Sprintf("pod IPv6 default route via %s on %s is missing", p.Gateway6, name))
 	}
 	return diffs
 }

@@ -32,6 +32,11 @@ import (
 // end of the pod's veth answers ARP for it (proxy ARP).
 var podGateway = netip.MustParseAddr("169.254.1.1")
 
+// podGateway6 is the IPv6 next hop of a pod (dual stack or IPv6 only): a
+// link-local address, for which the plugin gives the pod a permanent
+// neighbour entry to the host end's MAC.
+var podGateway6 = netip.MustParseAddr("fe80::1")
+
 // agent is one running daemon. The reconcile loop owns the tunnel, routes
 // and rules; the fields under mu are what status and the API read.
 type agent struct {
@@ -63,19 +68,20 @@ type agent struct {
 	successors chan *handoff.Successor
 	successor  *handoff.Successor
 
-	mu         sync.Mutex
-	tunnelAddr netip.Addr
-	probeAddr  netip.Addr     // where peers probe this node's direct paths
-	natKind    string         // what peers' answers tell of this node's NAT
-	reflexive  netip.AddrPort // this node's public endpoint behind a cone NAT
-	reached    []string       // live peers whose direct path works
-	cutOff     bool           // most live peers cannot be reached directly
-	ready      bool
-	notReady   string
-	lastErr    string
-	peers      map[string]*knownPeer // by name; owned by the reconcile loop, read under mu
-	rot        keyRotation           // this node's key rotation
-	secrets    secretSet             // the cluster secrets held, newest first
+	mu          sync.Mutex
+	tunnelAddr  netip.Addr
+	tunnelAddr6 netip.Addr     // the IPv6 address paired with tunnelAddr (dual stack); invalid otherwise
+	probeAddr   netip.Addr     // where peers probe this node's direct paths
+	natKind     string         // what peers' answers tell of this node's NAT
+	reflexive   netip.AddrPort // this node's public endpoint behind a cone NAT
+	reached     []string       // live peers whose direct path works
+	cutOff      bool           // most live peers cannot be reached directly
+	ready       bool
+	notReady    string
+	lastErr     string
+	peers       map[string]*knownPeer // by name; owned by the reconcile loop, read under mu
+	rot         keyRotation           // this node's key rotation
+	secrets     secretSet             // the cluster secrets held, newest first
 	// announcedSecrets is what gossip last got of secrets.
 	announcedSecrets string
 	switched         map[string]wgtypes.Key // peers that told of their key switch before gossip did
@@ -114,6 +120,7 @@ type knownPeer struct {
 	// holds it only once vetPeer accepted it. Refused says why not;
 	// KeyRefused: the whole peer is refused (its key is not its Node's).
 	Announced  netip.Addr
+	Announced6 netip.Addr // the IPv6 tunnel address it gossips (dual stack)
 	Refused    string
 	KeyRefused bool
 	// Secrets are the fingerprints of the cluster secrets the peer holds.
@@ -259,6 +266,13 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 			return err
 		}
 	}
+	if cfg.hasIPv6() {
+		for _, s := range nodeSysctls6 {
+			if err := setSysctl(s[0], s[1]); err != nil {
+				return err
+			}
+		}
+	}
 	if a.key, err = crypto.LoadOrCreatePrivateKey(cfg.StateDir, a.log); err != nil {
 		return err
 	}
@@ -276,6 +290,14 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	if err := setLooseRPFilter(a.tun.Name(), a.log); err != nil {
 		return err
 	}
+	if cfg.hasIPv6() {
+		// A host whose new interfaces start without IPv6
+		// (net.ipv6.conf.default.disable_ipv6=1) still carries the pods'
+		// IPv6 traffic on the tunnel device.
+		if err := setSysctlPath("net/ipv6/conf/"+a.tun.Name()+"/disable_ipv6", "0"); err != nil {
+			return fmt.Errorf("enable IPv6 on %s for the IPv6 pod range: %w", a.tun.Name(), err)
+		}
+	}
 	seed, err := parseIPAllocInit(cfg.IPAllocInit)
 	if err != nil {
 		return err
@@ -288,6 +310,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	a.alloc, err = ipalloc.New(ipalloc.Config{
 		Self:      cfg.NodeName,
 		CIDR:      cfg.PodCIDR,
+		PairCIDR:  cfg.PodCIDR6,
 		Seed:      seed,
 		StateDir:  cfg.StateDir,
 		Transport: bridge,
@@ -369,13 +392,14 @@ func (a *agent) meta() mesh.Meta {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	m := mesh.Meta{
-		Proto:      mesh.ProtoVersion,
-		Name:       a.cfg.NodeName,
-		PublicKey:  a.key.PublicKey(),
-		Endpoint:   a.endpoint,
-		TunnelAddr: a.tunnelAddr,
-		ProbeAddr:  a.probeAddr,
-		NATKind:    a.natKind,
+		Proto:       mesh.ProtoVersion,
+		Name:        a.cfg.NodeName,
+		PublicKey:   a.key.PublicKey(),
+		Endpoint:    a.endpoint,
+		TunnelAddr:  a.tunnelAddr,
+		TunnelAddr6: a.tunnelAddr6,
+		ProbeAddr:   a.probeAddr,
+		NATKind:     a.natKind,
 	}
 	if a.rot.pending() {
 		m.NextPublicKey = a.rot.next.PublicKey()
@@ -435,12 +459,12 @@ func (a *agent) claimTunnelAddr(ctx context.Context) error {
 		}
 		if err == nil {
 			a.mu.Lock()
-			a.tunnelAddr, a.probeAddr = addr, probe
+			a.tunnelAddr, a.tunnelAddr6, a.probeAddr = addr, a.alloc.Paired(addr), probe
 			a.mu.Unlock()
 			if err := a.mesh.SetMeta(a.meta()); err != nil {
 				return fmt.Errorf("publish tunnel address: %w", err)
 			}
-			a.log.Info("tunnel address claimed", "addr", addr, "probe-addr", probe)
+			a.log.Info("tunnel address claimed", "addr", addr, "addr6", a.alloc.Paired(addr), "probe-addr", probe)
 			a.trigger()
 			return nil
 		}

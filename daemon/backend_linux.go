@@ -40,13 +40,31 @@ func keyOf(at api.Attachment) ipalloc.Key {
 }
 
 func (a *agent) allocation(at api.Attachment, addr netip.Addr) api.Allocation {
-	return api.Allocation{
+	al := api.Allocation{
 		Attachment: at,
 		Address:    netip.PrefixFrom(addr, 32),
 		Gateway:    podGateway,
 		MTU:        a.mtu,
 		PodCIDR:    a.cfg.PodCIDR,
 	}
+	if addr.Is6() {
+		// IPv6 only: the ring's addresses are IPv6.
+		return api.Allocation{
+			Attachment: at,
+			Address6:   netip.PrefixFrom(addr, 128),
+			Gateway6:   podGateway6,
+			MTU:        a.mtu,
+			PodCIDR6:   a.cfg.PodCIDR,
+		}
+	}
+	// Dual stack: the IPv6 address comes with the IPv4 one (one
+	// allocation, see ipalloc.Config.PairCIDR).
+	if addr6 := a.alloc.Paired(addr); addr6.IsValid() {
+		al.Address6 = netip.PrefixFrom(addr6, 128)
+		al.Gateway6 = podGateway6
+		al.PodCIDR6 = a.cfg.PodCIDR6
+	}
+	return al
 }
 
 // apiError turns an allocator error into what the plugin branches on.
@@ -134,9 +152,11 @@ type PeerStatus struct {
 	Endpoint   string `json:"endpoint,omitempty"`
 	Advertised string `json:"advertisedEndpoint,omitempty"`
 	TunnelAddr string `json:"tunnelAddress,omitempty"`
-	State      string `json:"state"` // alive, down
-	Path       string `json:"path"`  // direct, relayed
-	Via        string `json:"via,omitempty"`
+	// TunnelAddr6 is the peer's IPv6 tunnel address (dual stack).
+	TunnelAddr6 string `json:"tunnelAddress6,omitempty"`
+	State       string `json:"state"` // alive, down
+	Path        string `json:"path"`  // direct, relayed
+	Via         string `json:"via,omitempty"`
 	// PathSince is when Path (or Via) last changed, RFC 3339.
 	PathSince string `json:"pathSince,omitempty"`
 	// DirectPath is the probes' judgement of the direct path (up, down,
@@ -178,13 +198,15 @@ type PeersStatus struct {
 	PublicKey  string `json:"publicKey"`
 	Endpoint   string `json:"endpoint"`
 	TunnelAddr string `json:"tunnelAddress,omitempty"`
-	Interface  string `json:"interface"`
-	WGMode     string `json:"wgMode"`
-	MTU        int    `json:"mtu"`
-	Ready      bool   `json:"ready"`
-	Reason     string `json:"reason,omitempty"`
-	Members    int    `json:"members"`
-	Health     int    `json:"healthScore"`
+	// TunnelAddr6 is this node's IPv6 tunnel address (dual stack).
+	TunnelAddr6 string `json:"tunnelAddress6,omitempty"`
+	Interface   string `json:"interface"`
+	WGMode      string `json:"wgMode"`
+	MTU         int    `json:"mtu"`
+	Ready       bool   `json:"ready"`
+	Reason      string `json:"reason,omitempty"`
+	Members     int    `json:"members"`
+	Health      int    `json:"healthScore"`
 	// NATKind is what this node's peers tell of its NAT (none, cone,
 	// symmetric; empty while no peer answered its probes); Reflexive its
 	// public endpoint behind a cone NAT.
@@ -249,6 +271,9 @@ func (a *agent) peersStatus() (PeersStatus, error) {
 	if a.tunnelAddr.IsValid() {
 		st.TunnelAddr = a.tunnelAddr.String()
 	}
+	if a.tunnelAddr6.IsValid() {
+		st.TunnelAddr6 = a.tunnelAddr6.String()
+	}
 	st.KeyRotation = a.keyRotationStatus()
 	st.Secrets = a.secretsStatus()
 	st.NATKind = a.natKind
@@ -271,6 +296,9 @@ func (a *agent) peersStatus() (PeersStatus, error) {
 			ps.Advertised = kp.Endpoint
 			if kp.Announced.IsValid() {
 				ps.TunnelAddr = kp.Announced.String()
+			}
+			if kp.Announced6.IsValid() {
+				ps.TunnelAddr6 = kp.Announced6.String()
 			}
 			ps.Refused = kp.Refused
 			if kp.NextKey != (wgtypes.Key{}) {

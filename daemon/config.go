@@ -19,7 +19,8 @@ type Config struct {
 	Peers             []string      // --peers: seeds, host or host:port (gossip port assumed)
 	SecretFile        string        // --secret-file: the cluster secret
 	Insecure          bool          // --insecure: run without a secret (unencrypted gossip, no PSK)
-	PodCIDR           netip.Prefix  // --pod-cidr; default 10.32.0.0/12
+	PodCIDR           netip.Prefix  // --pod-cidr's first range (IPv4, or IPv6 in an IPv6-only cluster), the address ring's; default 10.32.0.0/12
+	PodCIDR6          netip.Prefix  // --pod-cidr's IPv6 range beside the IPv4 PodCIDR (dual stack); invalid otherwise
 	IPAllocInit       string        // --ipalloc-init: "seed=NODE1,NODE2,..." or "kube"
 	StateDir          string        // --state-dir; default /var/lib/weft
 	RunDir            string        // --run-dir; default /run/weft (API socket RUN_DIR/weft.sock)
@@ -119,11 +120,8 @@ func (c Config) Validate() error {
 	if c.NodeName == "" {
 		return fmt.Errorf("node name is empty: set --node-name")
 	}
-	if !c.PodCIDR.IsValid() || !c.PodCIDR.Addr().Is4() {
-		return fmt.Errorf("--pod-cidr %v: want an IPv4 prefix such as %s", c.PodCIDR, DefaultPodCIDR)
-	}
-	if c.PodCIDR.Bits() > 30 {
-		return fmt.Errorf("--pod-cidr %v is too small: use /30 or larger", c.PodCIDR)
+	if err := c.validatePodCIDRs(); err != nil {
+		return err
 	}
 	for _, p := range []struct {
 		name string

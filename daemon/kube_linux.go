@@ -51,7 +51,7 @@ func (a *agent) setupKube(ctx context.Context, g *errgroup.Group) (seeds, genesi
 		// never runs weft (another OS, a node pool on another network)
 		// would otherwise keep a share nobody can use. The others get
 		// space by donation, which takes one request.
-		genesis, err = kube.EnsureGenesis(ctx, client, a.cfg.PodCIDR, []string{a.cfg.NodeName})
+		genesis, err = kube.EnsureGenesisDual(ctx, client, a.cfg.PodCIDR, a.cfg.PodCIDR6, []string{a.cfg.NodeName})
 		if err != nil {
 			return nil, nil, fmt.Errorf("the address ring's genesis from Kubernetes: %w", err)
 		}
@@ -144,6 +144,9 @@ func (a *agent) publishNode(ctx context.Context) error {
 		}
 		if a.tunnelAddr.IsValid() {
 			info.TunnelAddr = a.tunnelAddr.String()
+		}
+		if a.tunnelAddr6.IsValid() {
+			info.TunnelAddr6 = a.tunnelAddr6.String()
 		}
 		a.mu.Unlock()
 		if info != published {

@@ -16,11 +16,12 @@ import (
 // peer is what the daemon knows of one other node: from gossip (key,
 // endpoint, tunnel address) and from the address ring (its ranges).
 type peer struct {
-	Name       string
-	PublicKey  wgtypes.Key
-	Endpoint   *net.UDPAddr // what it advertises; nil if unknown
-	TunnelAddr netip.Addr   // its address on the overlay; invalid if none yet
-	Ranges     []netip.Prefix
+	Name        string
+	PublicKey   wgtypes.Key
+	Endpoint    *net.UDPAddr // what it advertises; nil if unknown
+	TunnelAddr  netip.Addr   // its address on the overlay; invalid if none yet
+	TunnelAddr6 netip.Addr   // its IPv6 address on the overlay (dual stack); invalid if none
+	Ranges      []netip.Prefix
 	// RelayVia names the peer that carries this peer's traffic when the
 	// direct path does not work; empty for a direct path.
 	RelayVia string
@@ -101,16 +102,19 @@ func checkTunnelAddr(name string, addr netip.Addr, podCIDR netip.Prefix, ranges 
 
 func ownPrefixes(p peer) []netip.Prefix {
 	ps := slices.Clone(p.Ranges)
-	if p.TunnelAddr.IsValid() {
+	for _, addr := range []netip.Addr{p.TunnelAddr, p.TunnelAddr6} {
+		if !addr.IsValid() {
+			continue
+		}
 		covered := false
 		for _, r := range p.Ranges {
-			if r.Contains(p.TunnelAddr) {
+			if r.Contains(addr) {
 				covered = true
 				break
 			}
 		}
 		if !covered {
-			ps = append(ps, netip.PrefixFrom(p.TunnelAddr, p.TunnelAddr.BitLen()))
+			ps = append(ps, netip.PrefixFrom(addr, addr.BitLen()))
 		}
 	}
 	return ps

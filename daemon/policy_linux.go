@@ -211,8 +211,10 @@ func (a *agent) peerAddrs(node string) []netip.Addr {
 		return nil
 	}
 	var out []netip.Addr
-	if kp.TunnelAddr.IsValid() {
-		out = append(out, kp.TunnelAddr)
+	for _, ad := range []netip.Addr{kp.TunnelAddr, kp.TunnelAddr6} {
+		if ad.IsValid() {
+			out = append(out, ad)
+		}
 	}
 	if ep := kp.peer.Endpoint; ep != nil {
 		if ip, ok := netip.AddrFromSlice(ep.IP); ok {
@@ -228,8 +230,10 @@ func (a *agent) nodeAddrs() []netip.Addr {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := []netip.Addr{a.underlay.Addr}
-	if a.tunnelAddr.IsValid() {
-		out = append(out, a.tunnelAddr)
+	for _, ad := range []netip.Addr{a.tunnelAddr, a.tunnelAddr6} {
+		if ad.IsValid() {
+			out = append(out, ad)
+		}
 	}
 	return out
 }

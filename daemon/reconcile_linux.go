@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weftnet/weft/mesh"
@@ -68,6 +69,11 @@ func (a *agent) reconcileLoop(ctx context.Context) error {
 func (a *agent) refreshPeers(now time.Time) {
 	members := a.mesh.Members()
 	ranges := a.alloc.Ranges()
+	if a.cfg.PodCIDR6.IsValid() {
+		for o, ps := range ranges {
+			ranges[o] = append(ps, a.alloc.PairedPrefixes(ps)...)
+		}
+	}
 	a.rememberMembers(members)
 	a.bridge.setRefused(a.foldPeers(members, ranges, now))
 }
@@ -96,6 +102,7 @@ func (a *agent) foldPeers(members []mesh.Peer, ranges map[string][]netip.Prefix,
 			delete(a.switched, m.Name)
 		}
 		kp.Announced = m.Meta.TunnelAddr
+		kp.Announced6 = m.Meta.TunnelAddr6
 		kp.ProbeAnnounced = m.Meta.ProbeAddr
 		kp.Endpoint = m.Meta.Endpoint
 		kp.NATKind = m.Meta.NATKind
@@ -163,6 +170,11 @@ func (a *agent) vetPeer(kp *knownPeer, ranges map[string][]netip.Prefix, now tim
 	if why == "" {
 		why = checkTunnelAddr(kp.Name, kp.Announced, a.cfg.PodCIDR, ranges)
 	}
+	if why == "" {
+		// Per family: the IPv6 address in the IPv6 range and in the
+		// peer's IPv6 ranges (ranges holds both families).
+		why = checkTunnelAddr(kp.Name, kp.Announced6, a.cfg.PodCIDR6, ranges)
+	}
 	// A probe address the ring does not give the peer is ignored: its
 	// direct path is then judged by WireGuard's counters.
 	kp.ProbeAddr = netip.Addr{}
@@ -173,10 +185,10 @@ func (a *agent) vetPeer(kp *knownPeer, ranges map[string][]netip.Prefix, now tim
 		if kp.Refused != "" && kp.refusalLogged {
 			a.log.Info("peer accepted now", "peer", kp.Name, "addr", kp.Announced)
 		}
-		kp.TunnelAddr, kp.Refused, kp.refusalLogged = kp.Announced, "", false
+		kp.TunnelAddr, kp.TunnelAddr6, kp.Refused, kp.refusalLogged = kp.Announced, kp.Announced6, "", false
 		return
 	}
-	kp.TunnelAddr = netip.Addr{}
+	kp.TunnelAddr, kp.TunnelAddr6 = netip.Addr{}, netip.Addr{}
 	if why != kp.Refused {
 		kp.Refused, kp.refusedSince, kp.refusalLogged = why, now, false
 	}
@@ -246,14 +258,14 @@ func (a *agent) reconcile(mem endpointMemory) error {
 	a.rememberPeers()
 	_, self := a.view()
 	a.mu.Lock()
-	probeAddr := a.probeAddr
+	probeAddr, self6 := a.probeAddr, a.tunnelAddr6
 	a.mu.Unlock()
 	var errs []error
 	link, err := a.nl.LinkByName(a.tun.Name())
 	if err != nil {
 		return fmt.Errorf("tunnel device %s is gone: %w", a.tun.Name(), err)
 	}
-	if err := a.ensureLink(link, self, probeAddr); err != nil {
+	if err := a.ensureLink(link, self, probeAddr, self6); err != nil {
 		errs = append(errs, err)
 	}
 	dev, err := a.tun.Device()
@@ -280,11 +292,12 @@ func (a *agent) reconcile(mem endpointMemory) error {
 		}
 	}
 	if self.IsValid() {
-		if err := syncRoutes(a.nl, link.Attrs().Index, desiredRoutes(a.cfg.PodCIDR, self, v.allowedIPs())); err != nil {
+		want := desiredRoutesFamilies(a.cfg.PodCIDRs(), []netip.Addr{self, self6}, v.allowedIPs())
+		if err := syncRoutes(a.nl, link.Attrs().Index, want); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if err := syncMasquerade(a.cfg.PodCIDR); err != nil {
+	if err := syncMasquerade(a.cfg.PodCIDRs()...); err != nil {
 		errs = append(errs, err)
 	}
 	if err := a.syncPathMTU(v, dev.Peers); err != nil {
@@ -311,8 +324,9 @@ func (a *agent) reconcile(mem endpointMemory) error {
 }
 
 // ensureLink keeps the tunnel device up with its MTU and this node's
-// overlay address and probe address.
-func (a *agent) ensureLink(link netlink.Link, self, probe netip.Addr) error {
+// overlay address and probe address, and its IPv6 overlay address in a
+// dual-stack cluster.
+func (a *agent) ensureLink(link netlink.Link, self, probe, self6 netip.Addr) error {
 	if link.Attrs().MTU != a.mtu {
 		if err := a.nl.LinkSetMTU(link, a.mtu); err != nil {
 			return fmt.Errorf("set MTU of %s: %w", link.Attrs().Name, err)
@@ -326,19 +340,26 @@ func (a *agent) ensureLink(link netlink.Link, self, probe netip.Addr) error {
 	if !self.IsValid() {
 		return nil
 	}
-	addrs, err := a.nl.AddrList(link, netlink.FAMILY_V4)
+	family := netlink.FAMILY_V4
+	if self6.IsValid() || self.Is6() {
+		family = netlink.FAMILY_ALL
+	}
+	addrs, err := a.nl.AddrList(link, family)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 	}
 	want := map[string]*net.IPNet{}
-	for _, ad := range []netip.Addr{self, probe} {
+	for _, ad := range []netip.Addr{self, probe, self6} {
 		if ad.IsValid() {
-			n := &net.IPNet{IP: ad.AsSlice(), Mask: net.CIDRMask(32, 32)}
+			n := &net.IPNet{IP: ad.AsSlice(), Mask: net.CIDRMask(ad.BitLen(), ad.BitLen())}
 			want[n.String()] = n
 		}
 	}
 	found := map[string]bool{}
 	for _, ad := range addrs {
+		if ad.IP.To4() == nil && ad.IP.IsLinkLocalUnicast() {
+			continue // the kernel's own IPv6 link-local address
+		}
 		if want[ad.IPNet.String()] != nil {
 			found[ad.IPNet.String()] = true
 			continue
@@ -352,7 +373,13 @@ func (a *agent) ensureLink(link netlink.Link, self, probe netip.Addr) error {
 		if found[s] {
 			continue
 		}
-		if err := a.nl.AddrAdd(link, &netlink.Addr{IPNet: n}); err != nil {
+		// No duplicate address detection: the address is this node's
+		// alone (the ring says so), and a tentative one could not be used.
+		na := &netlink.Addr{IPNet: n}
+		if n.IP.To4() == nil {
+			na.Flags = unix.IFA_F_NODAD
+		}
+		if err := a.nl.AddrAdd(link, na); err != nil {
 			return fmt.Errorf("add %s to %s: %w", n, link.Attrs().Name, err)
 		}
 	}

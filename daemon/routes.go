@@ -43,6 +43,38 @@ func desiredRoutes(podCIDR netip.Prefix, self netip.Addr, allowed map[string][]n
 	return out
 }
 
+// desiredRoutesFamilies is desiredRoutes for one pod range of each family
+// (dual stack): each family's prefixes of allowed get that family's
+// unreachable guard and its tunnel address of selfs as source.
+func desiredRoutesFamilies(podCIDRs []netip.Prefix, selfs []netip.Addr, allowed map[string][]netip.Prefix) []route {
+	var out []route
+	for _, is4 := range []bool{true, false} {
+		var cidr netip.Prefix
+		var self netip.Addr
+		for _, p := range podCIDRs {
+			if p.Addr().Is4() == is4 {
+				cidr = p
+			}
+		}
+		for _, s := range selfs {
+			if s.IsValid() && s.Is4() == is4 {
+				self = s
+			}
+		}
+		fam := make(map[string][]netip.Prefix, len(allowed))
+		for name, ps := range allowed {
+			for _, p := range ps {
+				if p.Addr().Is4() == is4 {
+					fam[name] = append(fam[name], p)
+				}
+			}
+		}
+		out = append(out, desiredRoutes(cidr, self, fam)...)
+	}
+	sortRoutes(out)
+	return out
+}
+
 func sortRoutes(rs []route) {
 	sort.Slice(rs, func(i, j int) bool { return routeLess(rs[i], rs[j]) })
 }

@@ -25,6 +25,9 @@ func (r route) netlink(linkIndex int) *netlink.Route {
 		Table:    unix.RT_TABLE_MAIN,
 		Family:   netlink.FAMILY_V4,
 	}
+	if r.Dst.Addr().Is6() {
+		nr.Family = netlink.FAMILY_V6
+	}
 	if r.Unreachable {
 		nr.Type = unix.RTN_UNREACHABLE
 		// A guard loses against any real route of the same prefix.
@@ -59,7 +62,7 @@ func routeFromNetlink(nr netlink.Route) (route, bool) {
 // weft routes that are not wanted (or point at another link) and replaces
 // missing or different ones. Routes of other protocols are never touched.
 func syncRoutes(h routeHandle, linkIndex int, want []route) error {
-	have, err := h.RouteListFiltered(netlink.FAMILY_V4,
+	have, err := h.RouteListFiltered(netlink.FAMILY_ALL,
 		&netlink.Route{Protocol: routeProto, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {

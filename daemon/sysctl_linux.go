@@ -50,6 +50,12 @@ var nodeSysctls = [][2]string{
 	{"net.ipv4.ip_forward", "1"},
 }
 
+// nodeSysctls6 are what a routed IPv6 pod network needs besides (dual
+// stack or IPv6 only).
+var nodeSysctls6 = [][2]string{
+	{"net.ipv6.conf.all.forwarding", "1"},
+}
+
 // rpFilterLoose is net.ipv4.conf.*.rp_filter's loose mode: a packet's
 // source must be routable, through any interface.
 const rpFilterLoose = "2"

@@ -315,7 +315,7 @@ func (a *Allocator) List() []Allocation {
 	defer a.mu.Unlock()
 	out := make([]Allocation, 0, len(a.allocs))
 	for _, al := range a.allocs {
-		c := *al
+		c := a.withPair(*al)
 		c.Meta = maps.Clone(al.Meta)
 		out = append(out, c)
 	}
@@ -337,7 +337,7 @@ func (a *Allocator) GC(ctx context.Context, keep []Key) ([]Allocation, error) {
 		// An allocation being written belongs to an ADD in progress.
 		if !want[k] && a.writing[k] == nil {
 			keys = append(keys, k)
-			out = append(out, *al)
+			out = append(out, a.withPair(*al))
 		}
 	}
 	if err := a.releaseLocked(keys); err != nil {

@@ -27,6 +27,9 @@
 // node starts alone before the mesh has joined although others exist (its
 // state directory was wiped and it was the only node of its genesis).
 //
+// Dual stack: the ring is over the IPv4 range and each of its addresses
+// comes with one IPv6 address of Config.PairCIDR (see pair.go).
+//
 // Gossip: LocalState is the whole ring, for push/pull; after a donation or
 // a reclaim the allocator hands Config.Broadcast a delta of the ring (only
 // the spans that changed), small enough for one gossip packet.
@@ -96,7 +99,10 @@ func (k Key) String() string { return k.ContainerID + "/" + k.IfName }
 // (pod namespace and name, netns path).
 type Allocation struct {
 	Key
-	Addr    netip.Addr        `json:"addr"`
+	Addr netip.Addr `json:"addr"`
+	// Addr6 is the IPv6 address that comes with Addr in a dual-stack
+	// cluster (see Config.PairCIDR); not stored, derived from Addr.
+	Addr6   netip.Addr        `json:"addr6,omitzero"`
 	Meta    map[string]string `json:"meta,omitempty"`
 	Created time.Time         `json:"created"`
 }
@@ -110,11 +116,18 @@ type Transport interface {
 
 // Config of an Allocator.
 type Config struct {
-	Self      string       // this node's name; required
-	CIDR      netip.Prefix // the pod range; required
-	Seed      []string     // the genesis seed list; this node seeds the ring only when it is in it
-	StateDir  string       // directory of the state file (StateFile); required
-	Transport Transport    // carries donation requests; nil: no donation
+	Self string // this node's name; required
+	// CIDR is the pod range; required. IPv4, or IPv6 for an IPv6-only
+	// cluster: the ring then spans the range's first /96 at most.
+	CIDR netip.Prefix
+	// PairCIDR, for a dual-stack cluster, is the IPv6 pod range beside the
+	// IPv4 CIDR: each address of CIDR comes with the address at the same
+	// offset of PairCIDR (pair.go). It must hold at least as many
+	// addresses as CIDR. Zero: one family only.
+	PairCIDR  netip.Prefix
+	Seed      []string  // the genesis seed list; this node seeds the ring only when it is in it
+	StateDir  string    // directory of the state file (StateFile); required
+	Transport Transport // carries donation requests; nil: no donation
 	// Peers returns the names of the live members (this node may be among
 	// them); nil: no peers. It is called without the allocator's lock
 	// held, from any goroutine, and must not call back into the allocator.
@@ -201,11 +214,16 @@ func New(cfg Config) (*Allocator, error) {
 	if cfg.Peers == nil {
 		cfg.Peers = func() []string { return nil }
 	}
+	cfg.CIDR = ringRange(cfg.CIDR)
 	fresh, err := ring.NewEmpty(cfg.CIDR)
 	if err != nil {
 		return nil, fmt.Errorf("ipalloc: %w", err)
 	}
 	cfg.CIDR = fresh.Prefix()
+	if err := checkPair(cfg.CIDR, cfg.PairCIDR); err != nil {
+		return nil, err
+	}
+	cfg.PairCIDR = cfg.PairCIDR.Masked()
 	if slices.Contains(cfg.Seed, cfg.Self) {
 		if fresh, err = ring.NewGenesis(cfg.CIDR, cfg.Seed); err != nil {
 			return nil, fmt.Errorf("ipalloc: %w", err)
@@ -246,12 +264,20 @@ func (a *Allocator) load(l loaded, fresh *ring.Ring) error {
 		if err := a.saveRingLocked(); err != nil {
 			return err
 		}
+		if a.cfg.PairCIDR.IsValid() {
+			if err := a.store.savePair(a.cfg.PairCIDR); err != nil {
+				return err
+			}
+		}
 	} else {
 		if a.ring.Prefix() != a.cfg.CIDR {
 			return fmt.Errorf("IPAM state file %s was written for pod range %s, but the pod range is now %s: "+
 				"set --pod-cidr %s, or move the file away to start empty "+
 				"(addresses of the pods running on this node may then be handed out again)",
 				a.store.path, a.ring.Prefix(), a.cfg.CIDR, a.ring.Prefix())
+		}
+		if err := a.checkStoredPair(l.pair); err != nil {
+			return err
 		}
 		if fresh.Seeded() && !a.ring.Seeded() {
 			// Now in the seed list, and never seeded before: take the genesis.

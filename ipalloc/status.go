@@ -11,6 +11,7 @@ import (
 type Status struct {
 	Self        string       `json:"self"`
 	Range       netip.Prefix `json:"range"`
+	Range6      netip.Prefix `json:"range6,omitzero"` // the IPv6 range paired with Range (dual stack)
 	Size        uint64       `json:"size"`
 	Genesis     string       `json:"genesis,omitempty"` // empty: this node has not joined a ring yet
 	Ready       bool         `json:"ready"`
@@ -35,8 +36,9 @@ type Status struct {
 type NodeStatus struct {
 	Name      string         `json:"name"`
 	Ranges    []netip.Prefix `json:"ranges"`
-	Size      uint64         `json:"size"` // addresses owned
-	Used      uint64         `json:"used"` // as last published by the node
+	Ranges6   []netip.Prefix `json:"ranges6,omitempty"` // the IPv6 ranges paired with Ranges (dual stack)
+	Size      uint64         `json:"size"`              // addresses owned
+	Used      uint64         `json:"used"`              // as last published by the node
 	Free      uint64         `json:"free"`
 	Reachable bool           `json:"reachable"`
 	// SilentSince: this peer did not answer this node's last donation
@@ -60,6 +62,7 @@ func (a *Allocator) Status(reachable func(node string) bool) Status {
 	st := Status{
 		Self:        a.cfg.Self,
 		Range:       a.cfg.CIDR,
+		Range6:      a.cfg.PairCIDR,
 		Size:        a.ring.Size(),
 		Allocations: len(a.allocs),
 		Nodes:       []NodeStatus{},
@@ -77,7 +80,7 @@ func (a *Allocator) Status(reachable func(node string) bool) Status {
 	cidrs := a.ring.CIDRsByOwner()
 	spans := a.ring.SpansByOwner()
 	for _, o := range a.ring.Owners() {
-		ns := NodeStatus{Name: o, Ranges: cidrs[o]}
+		ns := NodeStatus{Name: o, Ranges: cidrs[o], Ranges6: a.PairedPrefixes(cidrs[o])}
 		for _, s := range spans[o] {
 			ns.Size += s.Len()
 		}

@@ -30,6 +30,7 @@ var (
 	keyFormat    = []byte("format")
 	keyRing      = []byte("ring")
 	keyClaims    = []byte("claims")
+	keyPair      = []byte("pairCIDR") // the IPv6 range of a dual-stack cluster; absent in IPv4-only files
 )
 
 // store is the durable state: the ring as this node last knew it, its
@@ -61,6 +62,7 @@ type loaded struct {
 	ring   *ring.Ring // nil: a new file
 	allocs []Allocation
 	claims []storedClaim
+	pair   netip.Prefix // the IPv6 range paired with the ring's; zero if none was ever set
 }
 
 // corrupt wraps a problem with the state file in an error that says what
@@ -129,6 +131,11 @@ func openStore(dir string) (s *store, l loaded, err error) {
 			}
 			l.ring = r
 		}
+		if b := meta.Get(keyPair); b != nil {
+			if l.pair, err = netip.ParsePrefix(string(b)); err != nil {
+				return corrupt(path, fmt.Errorf("IPv6 range: %w", err))
+			}
+		}
 		if b := meta.Get(keyClaims); b != nil {
 			if err := json.Unmarshal(b, &l.claims); err != nil {
 				return corrupt(path, fmt.Errorf("claims: %w", err))
@@ -144,7 +151,7 @@ func openStore(dir string) (s *store, l loaded, err error) {
 				return corrupt(path, fmt.Errorf("bad allocation key %q", k))
 			}
 			var sa storedAlloc
-			if err := json.Unmarshal(v, &sa); err != nil || !sa.Addr.Is4() {
+			if err := json.Unmarshal(v, &sa); err != nil || !sa.Addr.IsValid() {
 				return corrupt(path, fmt.Errorf("allocation of %v: bad record %q", key, v))
 			}
 			l.allocs = append(l.allocs, Allocation{Key: key, Addr: sa.Addr, Meta: sa.Meta, Created: sa.Created})
@@ -206,6 +213,13 @@ func (s *store) saveRing(r []byte, claims []storedClaim) error {
 			return err
 		}
 		return meta.Put(keyClaims, c)
+	})
+}
+
+// savePair records the IPv6 range paired with the ring's.
+func (s *store) savePair(p netip.Prefix) error {
+	return s.update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyPair, []byte(p.String()))
 	})
 }
 

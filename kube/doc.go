@@ -44,6 +44,7 @@ const (
 	AnnotationNextPublicKey = "weft.dev/next-public-key"
 	AnnotationEndpoint      = "weft.dev/endpoint"
 	AnnotationTunnelAddr    = "weft.dev/tunnel-address"
+	AnnotationTunnelAddr6   = "weft.dev/tunnel-address6" // dual stack
 	fieldManager            = "weft"
 	defaultRequestTimeout   = 30 * time.Second
 )

@@ -16,9 +16,10 @@ import (
 
 // The ConfigMap that fixes the genesis of the address ring.
 const (
-	GenesisName = "weft-ipam-genesis"
-	genesisCIDR = "podCIDR"
-	genesisSeed = "seed"
+	GenesisName  = "weft-ipam-genesis"
+	genesisCIDR  = "podCIDR"
+	genesisCIDR6 = "podCIDR6" // the IPv6 range of a dual-stack cluster; absent otherwise
+	genesisSeed  = "seed"
 )
 
 // ErrGenesisMismatch says the cluster's genesis is for another pod CIDR.
@@ -36,6 +37,14 @@ var ErrGenesisMismatch = errors.New("the cluster's IPAM genesis is for another p
 // A genesis for another pod CIDR is an error (ErrGenesisMismatch), never
 // adopted: every node must run with the same --pod-cidr.
 func EnsureGenesis(ctx context.Context, client kubernetes.Interface, podCIDR netip.Prefix, candidates []string) ([]string, error) {
+	return EnsureGenesisDual(ctx, client, podCIDR, netip.Prefix{}, candidates)
+}
+
+// EnsureGenesisDual is EnsureGenesis for a dual-stack cluster: podCIDR6 is
+// the IPv6 range beside the IPv4 podCIDR (invalid: none). A genesis that
+// records another IPv6 range is an error (ErrGenesisMismatch); one that
+// records none (written before the cluster had an IPv6 range) is adopted.
+func EnsureGenesisDual(ctx context.Context, client kubernetes.Interface, podCIDR, podCIDR6 netip.Prefix, candidates []string) ([]string, error) {
 	if !podCIDR.IsValid() {
 		return nil, fmt.Errorf("IPAM genesis: invalid pod CIDR %v", podCIDR)
 	}
@@ -45,7 +54,7 @@ func EnsureGenesis(ctx context.Context, client kubernetes.Interface, podCIDR net
 	cms := client.CoreV1().ConfigMaps(Namespace)
 	got, err := cms.Get(ctx, GenesisName, metav1.GetOptions{})
 	if err == nil {
-		return genesisSeedOf(got, podCIDR)
+		return genesisSeedOf(got, podCIDR, podCIDR6)
 	}
 	if !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("read ConfigMap %s/%s (RBAC: configmaps get): %w", Namespace, GenesisName, err)
@@ -68,22 +77,25 @@ func EnsureGenesis(ctx context.Context, client kubernetes.Interface, podCIDR net
 			genesisSeed: strings.Join(seed, ","),
 		},
 	}
+	if podCIDR6.IsValid() {
+		cm.Data[genesisCIDR6] = podCIDR6.Masked().String()
+	}
 	created, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager})
 	switch {
 	case err == nil:
-		return genesisSeedOf(created, podCIDR)
+		return genesisSeedOf(created, podCIDR, podCIDR6)
 	case apierrors.IsAlreadyExists(err):
 		got, err := cms.Get(ctx, GenesisName, metav1.GetOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("read ConfigMap %s/%s another daemon created: %w", Namespace, GenesisName, err)
 		}
-		return genesisSeedOf(got, podCIDR)
+		return genesisSeedOf(got, podCIDR, podCIDR6)
 	default:
 		return nil, fmt.Errorf("create ConfigMap %s/%s (RBAC: configmaps create): %w", Namespace, GenesisName, err)
 	}
 }
 
-func genesisSeedOf(cm *corev1.ConfigMap, podCIDR netip.Prefix) ([]string, error) {
+func genesisSeedOf(cm *corev1.ConfigMap, podCIDR, podCIDR6 netip.Prefix) ([]string, error) {
 	where := cm.Namespace + "/" + cm.Name
 	cidr, err := netip.ParsePrefix(cm.Data[genesisCIDR])
 	if err != nil {
@@ -93,6 +105,17 @@ func genesisSeedOf(cm *corev1.ConfigMap, podCIDR netip.Prefix) ([]string, error)
 	if cidr.Masked() != podCIDR {
 		return nil, fmt.Errorf("%w: ConfigMap %s says %s, this daemon has --pod-cidr %s; run every node with --pod-cidr %s",
 			ErrGenesisMismatch, where, cidr, podCIDR, cidr)
+	}
+	if s, ok := cm.Data[genesisCIDR6]; ok {
+		cidr6, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("ConfigMap %s: bad %s %q: %w; fix it by hand or delete it together with every node's weft state",
+				where, genesisCIDR6, s, err)
+		}
+		if cidr6.Masked() != podCIDR6.Masked() {
+			return nil, fmt.Errorf("%w: ConfigMap %s says the IPv6 pod range is %s, this daemon has %v; run every node with --pod-cidr %s,%s",
+				ErrGenesisMismatch, where, cidr6, podCIDR6, cidr, cidr6)
+		}
 	}
 	var seed []string
 	for s := range strings.SplitSeq(cm.Data[genesisSeed], ",") {

@@ -17,6 +17,9 @@ type NodeInfo struct {
 	PublicKey  string // WireGuard public key, base64
 	Endpoint   string // host:port peers dial for WireGuard
 	TunnelAddr string // this node's address on the overlay; "" while it has none
+	// TunnelAddr6 is its IPv6 address on the overlay in a dual-stack
+	// cluster; "" otherwise.
+	TunnelAddr6 string
 	// NextPublicKey is the key of a rotation under way; "" when none.
 	NextPublicKey string
 }
@@ -31,6 +34,7 @@ func PublishNode(ctx context.Context, client kubernetes.Interface, nodeName stri
 		AnnotationPublicKey:     info.PublicKey,
 		AnnotationEndpoint:      info.Endpoint,
 		AnnotationTunnelAddr:    info.TunnelAddr,
+		AnnotationTunnelAddr6:   info.TunnelAddr6,
 		AnnotationNextPublicKey: info.NextPublicKey,
 	} {
 		if v == "" {

@@ -40,6 +40,10 @@ type Meta struct {
 	// TunnelAddr is the node's address on the overlay; the zero Addr
 	// means the node has none yet.
 	TunnelAddr netip.Addr
+	// TunnelAddr6 is the node's IPv6 address on the overlay in a
+	// dual-stack cluster (TunnelAddr is then the IPv4 one); the zero Addr
+	// otherwise.
+	TunnelAddr6 netip.Addr
 	// NextPublicKey is the WireGuard public key the node will switch to
 	// (a key rotation under way); zero when none is pending.
 	NextPublicKey [32]byte
@@ -73,16 +77,17 @@ func (m Meta) SecretFingerprints() []string {
 // with tag and length as unsigned varints. Empty fields are left out.
 // Decoders skip unknown tags, so a later minor version can add fields.
 const (
-	tagName       = 1
-	tagPublicKey  = 2
-	tagEndpoint   = 3
-	tagTunnelAddr = 4
-	_             = 5 // was the unreachable list, now in the daemon's relay messages; skipped
-	tagProbeAddr  = 6
-	tagNATKind    = 7
-	tagReflexive  = 8
-	tagNextKey    = 9
-	tagSecrets    = 10
+	tagName        = 1
+	tagPublicKey   = 2
+	tagEndpoint    = 3
+	tagTunnelAddr  = 4
+	_              = 5 // was the unreachable list, now in the daemon's relay messages; skipped
+	tagProbeAddr   = 6
+	tagNATKind     = 7
+	tagReflexive   = 8
+	tagNextKey     = 9
+	tagSecrets     = 10
+	tagTunnelAddr6 = 11
 )
 
 // Encode returns the wire form of m. It fails if m would not fit in
@@ -108,6 +113,12 @@ func (m Meta) Encode() ([]byte, error) {
 			return nil, fmt.Errorf("encode meta: tunnel address %s has a zone; use an address without one", m.TunnelAddr)
 		}
 		buf = appendField(buf, tagTunnelAddr, m.TunnelAddr.AsSlice())
+	}
+	if m.TunnelAddr6.IsValid() {
+		if !m.TunnelAddr6.Is6() || m.TunnelAddr6.Is4In6() || m.TunnelAddr6.Zone() != "" {
+			return nil, fmt.Errorf("encode meta: IPv6 tunnel address %s: want a plain IPv6 address", m.TunnelAddr6)
+		}
+		buf = appendField(buf, tagTunnelAddr6, m.TunnelAddr6.AsSlice())
 	}
 	if m.ProbeAddr.IsValid() {
 		if m.ProbeAddr.Zone() != "" {
@@ -205,6 +216,12 @@ func (m *Meta) setField(tag uint64, val []byte) error {
 			return fmt.Errorf("tunnel address of %d bytes, want 4 or 16", len(val))
 		}
 		m.TunnelAddr = a
+	case tagTunnelAddr6:
+		a, ok := netip.AddrFromSlice(val)
+		if !ok || !a.Is6() {
+			return fmt.Errorf("IPv6 tunnel address of %d bytes, want 16", len(val))
+		}
+		m.TunnelAddr6 = a
 	case tagProbeAddr:
 		a, ok := netip.AddrFromSlice(val)
 		if !ok {

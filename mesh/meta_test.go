@@ -31,6 +31,8 @@ func TestMetaRoundTrip(t *testing.T) {
 		{"probe address and NAT", Meta{Name: "n1", ProbeAddr: netip.MustParseAddr("10.32.0.2"), NATKind: "cone", Reflexive: "192.0.2.1:10001"}},
 		{"rotating key and secrets", Meta{Name: "n1", PublicKey: testKey(1), NextPublicKey: testKey(2), Secrets: "0123456789abcdef,fedcba9876543210"}},
 		{"long name", Meta{Name: strings.Repeat("a", 253), PublicKey: testKey(3), Endpoint: strings.Repeat("b", 200) + ":1"}},
+		{"dual stack", Meta{Name: "n1", TunnelAddr: netip.MustParseAddr("10.32.0.1"), TunnelAddr6: netip.MustParseAddr("fd10:32::1")}},
+		{"dual stack, everything", dualStackMeta()},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -63,6 +65,8 @@ func TestMetaEncodeErrors(t *testing.T) {
 		{"too large", Meta{Name: strings.Repeat("n", 300), Endpoint: strings.Repeat("e", 300)}, "more than the 512"},
 		{"other proto", Meta{Proto: 2}, "incompatible"},
 		{"zone", Meta{TunnelAddr: netip.MustParseAddr("fe80::1%eth0")}, "zone"},
+		{"IPv4 as IPv6 tunnel address", Meta{TunnelAddr6: netip.MustParseAddr("10.0.0.1")}, "want a plain IPv6 address"},
+		{"4in6 as IPv6 tunnel address", Meta{TunnelAddr6: netip.MustParseAddr("::ffff:10.0.0.1")}, "want a plain IPv6 address"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -153,4 +157,41 @@ func FuzzDecodeMeta(f *testing.F) {
 			t.Fatalf("round trip changed meta:\n got %+v\nwant %+v", m2, m)
 		}
 	})
+}
+
+// dualStackMeta is the largest metadata a dual-stack node sends in
+// practice: the longest node name Kubernetes allows, an IPv6 endpoint, a
+// key rotation and a secret rotation under way, and NAT.
+func dualStackMeta() Meta {
+	return Meta{
+		Name: strings.Repeat("n", 253), PublicKey: testKey(1), NextPublicKey: testKey(2),
+		Endpoint:   "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
+		TunnelAddr: netip.MustParseAddr("10.32.255.254"), TunnelAddr6: netip.MustParseAddr("fd10:32:ffff:ffff:ffff:ffff:ffff:fffe"),
+		ProbeAddr: netip.MustParseAddr("10.32.255.253"), NATKind: "cone", Reflexive: "203.0.113.254:65535",
+		Secrets: "0123456789abcdef,fedcba9876543210",
+	}
+}
+
+// TestMetaSizeDualStack measures what dual stack adds to the metadata,
+// which memberlist caps at 512 bytes: the IPv6 tunnel address costs 18
+// bytes (the node's ranges travel in the ring, not here), and the largest
+// dual-stack metadata still fits (465 bytes when this was written).
+func TestMetaSizeDualStack(t *testing.T) {
+	m := dualStackMeta()
+	full, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.TunnelAddr6 = netip.Addr{}
+	v4, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := len(full) - len(v4); d != 18 {
+		t.Errorf("the IPv6 tunnel address adds %d bytes, want 18 (tag, length, 16 bytes)", d)
+	}
+	t.Logf("largest dual-stack metadata: %d of %d bytes", len(full), MaxMetaSize)
+	if len(full) > MaxMetaSize {
+		t.Errorf("largest dual-stack metadata is %d bytes, over the %d-byte cap", len(full), MaxMetaSize)
+	}
 }

@@ -241,6 +241,37 @@ func (p *Pod) IP() netip.Addr {
 	return first
 }
 
+// IPs are all the pod's addresses from the CNI result, in its order (a
+// dual-stack pod has an IPv4 and an IPv6 one).
+func (p *Pod) IPs() []netip.Addr {
+	r := p.Result()
+	if r == nil {
+		return nil
+	}
+	cur, err := types100.NewResultFromResult(r)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, ipc := range cur.IPs {
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+// IP6 is the pod's IPv6 address from the CNI result; the zero Addr when
+// it has none.
+func (p *Pod) IP6() netip.Addr {
+	for _, a := range p.IPs() {
+		if a.Is6() {
+			return a
+		}
+	}
+	return netip.Addr{}
+}
+
 // RuntimeConf is what libcni got for this pod (container ID, netns, args).
 func (p *Pod) RuntimeConf() *libcni.RuntimeConf { return p.rt }
 

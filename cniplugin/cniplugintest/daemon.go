@@ -24,10 +24,15 @@ type Config struct {
 	Socket string
 	// Pool is the range addresses are handed out from (also the PodCIDR of
 	// every allocation); default 10.32.0.0/16. The first address (the
-	// network) is never handed out.
+	// network) is never handed out. An IPv6 Pool makes the daemon IPv6
+	// only, as weft's is with an IPv6 --pod-cidr.
 	Pool netip.Prefix
 	// Gateway is the pods' link-local next hop; default 169.254.1.1.
 	Gateway netip.Addr
+	// Pool6, if set, makes the daemon dual stack, as weft's is: each
+	// allocation also gets the address at the same offset of Pool6 as its
+	// IPv4 address has in Pool, with the next hop fe80::1.
+	Pool6 netip.Prefix
 	// MTU handed to pods; default 1420.
 	MTU int
 	// Capacity is how many addresses may be allocated at once; 0 means as
@@ -249,8 +254,31 @@ func (d *Daemon) allocate(att api.Attachment) (api.Allocation, *api.Error) {
 		MTU:        d.cfg.MTU,
 		PodCIDR:    d.cfg.Pool,
 	}
+	if addr.Is6() {
+		// An IPv6 Pool: an IPv6-only daemon.
+		a.Address, a.Gateway, a.PodCIDR = netip.Prefix{}, netip.Addr{}, netip.Prefix{}
+		a.Address6 = netip.PrefixFrom(addr, 128)
+		a.Gateway6 = netip.MustParseAddr("fe80::1")
+		a.PodCIDR6 = d.cfg.Pool
+	} else if d.cfg.Pool6.IsValid() {
+		off := addrOffset(d.cfg.Pool.Masked().Addr(), addr)
+		a6 := d.cfg.Pool6.Masked().Addr().As16()
+		for i := 15; i >= 12; i-- {
+			a6[i] |= byte(off >> (8 * (15 - i)))
+		}
+		a.Address6 = netip.PrefixFrom(netip.AddrFrom16(a6), 128)
+		a.Gateway6 = netip.MustParseAddr("fe80::1")
+		a.PodCIDR6 = d.cfg.Pool6
+	}
 	d.allocs[k] = a
 	return a, nil
+}
+
+// addrOffset is how far IPv4 address a lies after base.
+func addrOffset(base, a netip.Addr) uint32 {
+	x, y := a.As4(), base.As4()
+	return (uint32(x[0])<<24 | uint32(x[1])<<16 | uint32(x[2])<<8 | uint32(x[3])) -
+		(uint32(y[0])<<24 | uint32(y[1])<<16 | uint32(y[2])<<8 | uint32(y[3]))
 }
 
 // advance is the next address of the pool after a, wrapping around and

@@ -11,8 +11,8 @@ import (
 // Wire format, version 1 (all integers unsigned varints unless noted):
 //
 //	"WR" 0x01            magic and format version
-//	flags (1 byte)       bit 0: seeded; bit 1: partial (a delta)
-//	prefix (4+1 bytes)   first address, prefix length
+//	flags (1 byte)       bit 0: seeded; bit 1: partial (a delta); bit 2: IPv6 range
+//	prefix (4+1 bytes)   first address, prefix length (16+1 bytes for an IPv6 range)
 //	genesis (16 bytes)   only when seeded
 //	origin               length + bytes: the node that encoded the ring
 //	names                count, then length + bytes each (owners and free registers refer to them)
@@ -62,9 +62,11 @@ func (r *Ring) Encode(origin string) []byte {
 	if r.partial {
 		flags |= 2
 	}
+	if r.prefix.Addr().Is6() {
+		flags |= 4
+	}
 	b = append(b, flags)
-	a := r.prefix.Addr().As4()
-	b = append(b, a[:]...)
+	b = append(b, r.prefix.Addr().AsSlice()...)
 	b = append(b, byte(r.prefix.Bits()))
 	if r.Seeded() {
 		b = append(b, r.genesis[:]...)
@@ -180,14 +182,19 @@ func decode(data []byte) (*Ring, string, error) {
 		return nil, "", fmt.Errorf("unknown format %d", head[2])
 	}
 	flags := head[3]
-	if flags&^3 != 0 {
+	if flags&^7 != 0 {
 		return nil, "", fmt.Errorf("unknown flags %#x", flags)
 	}
-	pb := d.bytes(5)
+	alen := 4
+	if flags&4 != 0 {
+		alen = 16
+	}
+	pb := d.bytes(alen + 1)
 	if d.err != nil {
 		return nil, "", d.err
 	}
-	prefix := netip.PrefixFrom(netip.AddrFrom4([4]byte(pb[:4])), int(pb[4]))
+	addr, _ := netip.AddrFromSlice(pb[:alen])
+	prefix := netip.PrefixFrom(addr, int(pb[alen]))
 	if !prefix.IsValid() || prefix.Masked() != prefix {
 		return nil, "", fmt.Errorf("bad prefix %v", prefix)
 	}

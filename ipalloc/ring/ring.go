@@ -35,6 +35,7 @@ package ring
 import (
 	"cmp"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -124,7 +125,7 @@ func (g Genesis) IsZero() bool { return g == Genesis{} }
 // one with NewGenesis or NewEmpty.
 type Ring struct {
 	prefix  netip.Prefix
-	base    uint32
+	base    netip.Addr // the first address of the range
 	size    uint64
 	genesis Genesis // zero: not seeded yet, entries empty
 	partial bool    // a delta: the zero label (unknown) is allowed
@@ -141,28 +142,36 @@ type Span struct {
 // Len is the number of addresses in s.
 func (s Span) Len() uint64 { return s.End - s.Start }
 
+// MaxHostBits is the most address bits a ring spans (offsets are 32-bit):
+// an IPv6 range of the ring is /96 or longer. (An IPv6-only cluster with a
+// larger pod range runs its ring over the range's first /96: see package
+// ipalloc.)
+const MaxHostBits = 32
+
 func checkPrefix(p netip.Prefix) error {
-	if !p.IsValid() || !p.Addr().Is4() {
-		return fmt.Errorf("pod range %v: want an IPv4 prefix", p)
-	}
-	if p.Bits() < 1 || p.Bits() > 30 {
+	switch {
+	case !p.IsValid() || p.Addr().Is4In6() || p.Addr().Zone() != "":
+		return fmt.Errorf("pod range %v: want an IPv4 or IPv6 prefix", p)
+	case p.Addr().Is4() && (p.Bits() < 1 || p.Bits() > 30):
 		return fmt.Errorf("pod range %v: want a prefix length between /1 and /30", p)
+	case p.Addr().Is6() && (p.Bits() < 128-MaxHostBits || p.Bits() > 126):
+		return fmt.Errorf("pod range %v: want an IPv6 prefix length between /%d and /126", p, 128-MaxHostBits)
 	}
 	return nil
 }
 
 // NewEmpty returns an unseeded ring over cidr: no owners; it adopts the
-// genesis of the first seeded ring merged into it.
+// genesis of the first seeded ring merged into it. cidr is an IPv4 range
+// (/1 to /30) or an IPv6 range (/96 to /126).
 func NewEmpty(cidr netip.Prefix) (*Ring, error) {
 	if err := checkPrefix(cidr); err != nil {
 		return nil, err
 	}
 	cidr = cidr.Masked()
-	a := cidr.Addr().As4()
 	return &Ring{
 		prefix: cidr,
-		base:   uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]),
-		size:   uint64(1) << (32 - cidr.Bits()),
+		base:   cidr.Addr(),
+		size:   uint64(1) << (cidr.Addr().BitLen() - cidr.Bits()),
 		free:   map[string]Free{},
 	}, nil
 }
@@ -257,18 +266,34 @@ func (r *Ring) Entries() []Entry { return slices.Clone(r.entries) }
 
 // Addr is the address at offset off.
 func (r *Ring) Addr(off uint64) netip.Addr {
-	v := r.base + uint32(off)
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	if r.base.Is4() {
+		b := r.base.As4()
+		v := binary.BigEndian.Uint32(b[:]) + uint32(off)
+		binary.BigEndian.PutUint32(b[:], v)
+		return netip.AddrFrom4(b)
+	}
+	// An IPv6 ring spans at most 2^32 aligned addresses: only the last
+	// four bytes vary.
+	b := r.base.As16()
+	v := binary.BigEndian.Uint32(b[12:]) + uint32(off)
+	binary.BigEndian.PutUint32(b[12:], v)
+	return netip.AddrFrom16(b)
 }
 
 // Offset is the offset of a in the range, false when a is outside it.
 func (r *Ring) Offset(a netip.Addr) (uint64, bool) {
-	if !a.Is4() || !r.prefix.Contains(a) {
+	if a.Is4() != r.base.Is4() || a.Is4In6() || !r.prefix.Contains(a) {
 		return 0, false
 	}
-	b := a.As4()
-	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-	return uint64(v - r.base), true
+	if a.Is4() {
+		x, y := a.As4(), r.base.As4()
+		return uint64(binary.BigEndian.Uint32(x[:]) - binary.BigEndian.Uint32(y[:])), true
+	}
+	x, y := a.As16(), r.base.As16()
+	if [12]byte(x[:12]) != [12]byte(y[:12]) {
+		return 0, false
+	}
+	return uint64(binary.BigEndian.Uint32(x[12:]) - binary.BigEndian.Uint32(y[12:])), true
 }
 
 // Clone returns a deep copy.
@@ -435,7 +460,7 @@ func (r *Ring) SpanCIDRs(s Span) []netip.Prefix {
 	var out []netip.Prefix
 	for s.Start < s.End {
 		// The largest aligned block starting at s.Start that fits.
-		size := uint64(1) << 32
+		size := uint64(1) << MaxHostBits
 		if s.Start != 0 {
 			size = s.Start & -s.Start
 		}
@@ -443,7 +468,7 @@ func (r *Ring) SpanCIDRs(s Span) []netip.Prefix {
 			size >>= 1
 		}
 		a := r.Addr(s.Start)
-		out = append(out, netip.PrefixFrom(a, 32-bits.TrailingZeros64(size)))
+		out = append(out, netip.PrefixFrom(a, a.BitLen()-bits.TrailingZeros64(size)))
 		s.Start += size
 	}
 	return out
