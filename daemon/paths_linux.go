@@ -33,6 +33,8 @@ func (a *agent) judgePaths(devPeers []wgtypes.Peer, now time.Time) error {
 	for name, kp := range a.peers {
 		if r, ok := rx[kp.PublicKey]; ok {
 			kp.probe.observe(r, now)
+		} else {
+			kp.probe.unseen(now)
 		}
 		if !kp.Alive || kp.KeyRefused {
 			continue

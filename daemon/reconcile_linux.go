@@ -283,18 +283,23 @@ func (a *agent) reconcile(mem endpointMemory) error {
 			errs = append(errs, fmt.Errorf("set tunnel key and port: %w", err))
 		}
 	}
-	if cfgs := diffPeers(dev.Peers, v, mem); len(cfgs) > 0 {
+	// Routes before peers: a packet WireGuard takes from a new peer must
+	// find a route back to its source, or the reverse-path filter drops it
+	// as spoofed.
+	if self.IsValid() {
+		want := desiredRoutesFamilies(a.cfg.PodCIDRs(), []netip.Addr{self, self6}, v.allowedIPs())
+		if err := syncRoutes(a.nl, link.Attrs().Index, want); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// And no peers before this node has its tunnel address: without it
+	// there are no routes, so the same holds.
+	if cfgs := diffPeers(dev.Peers, v, mem); len(cfgs) > 0 && self.IsValid() {
 		if err := a.tun.Configure(wgtypes.Config{Peers: cfgs}); err != nil {
 			errs = append(errs, fmt.Errorf("configure tunnel peers: %w", err))
 		} else {
 			mem.remember(cfgs)
 			a.log.Debug("tunnel peers changed", "changes", len(cfgs))
-		}
-	}
-	if self.IsValid() {
-		want := desiredRoutesFamilies(a.cfg.PodCIDRs(), []netip.Addr{self, self6}, v.allowedIPs())
-		if err := syncRoutes(a.nl, link.Attrs().Index, want); err != nil {
-			errs = append(errs, err)
 		}
 	}
 	if err := syncMasquerade(a.cfg.PodCIDRs()...); err != nil {

@@ -53,6 +53,16 @@ func (p *pathProbe) observe(rx int64, now time.Time) {
 	p.rx = rx
 }
 
+// unseen records that the peer has no entry in the tunnel yet (it is
+// being added): its path is judged from now on. Without it a new peer
+// would count as silent since ever, so every start would relay its pairs
+// for a moment, and the route changes there and back lose packets.
+func (p *pathProbe) unseen(now time.Time) {
+	if p.rxChanged.IsZero() {
+		p.rxChanged = now
+	}
+}
+
 // healthy reports whether the direct path carried anything lately.
 func (p pathProbe) healthy(now time.Time) bool {
 	return now.Sub(p.rxChanged) < directStale

@@ -96,3 +96,25 @@ func TestPathProbe(t *testing.T) {
 		t.Error("unchanged counters do not count as traffic")
 	}
 }
+
+// TestPathProbeUnseen: a peer not in the tunnel yet is judged from when it
+// was first seen, not as silent since ever, and its first bytes keep it so.
+func TestPathProbeUnseen(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	var p pathProbe
+	if p.healthy(t0) {
+		t.Fatal("a peer never seen counts as healthy")
+	}
+	p.unseen(t0)
+	p.unseen(t0.Add(10 * time.Second)) // still being added: the clock does not restart
+	if !p.healthy(t0.Add(directStale - time.Second)) {
+		t.Error("a peer being added is judged broken before it had time to send")
+	}
+	if p.healthy(t0.Add(directStale + time.Second)) {
+		t.Error("a peer that never got into the tunnel still counts as healthy")
+	}
+	p.observe(0, t0.Add(directStale-2*time.Second))
+	if p.healthy(t0.Add(directStale + time.Second)) {
+		t.Error("an entry that received nothing since first seen counts as healthy")
+	}
+}

@@ -106,9 +106,14 @@ func TestPeerClaimsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := client.Ping(ctx, victim.IP()); err != nil {
-		t.Fatalf("client cannot reach the victim pod before any rogue: %v", err)
-	}
+	// The victim's ADD just returned: its first packets may take a
+	// neighbour lookup on a loaded machine, so wait for the first answer.
+	poll(t, ctx, func() error {
+		if _, err := client.Ping(ctx, victim.IP()); err != nil {
+			return fmt.Errorf("client cannot reach the victim pod before any rogue: %w", err)
+		}
+		return nil
+	})
 	// An address of node3's range that no pod holds: one above its tunnel
 	// address.
 	free := addrs[nodes[2].Name].Next()
