@@ -219,7 +219,7 @@ func (s *relaySignal) step(now time.Time) {
 		}
 	}
 	for pair, epoch := range s.serving {
-		if s.canRelay(pair[0], pair[1]) {
+		if s.keepsRelaying(pair[0], pair[1]) {
 			continue
 		}
 		delete(s.serving, pair)
@@ -307,6 +307,24 @@ func (s *relaySignal) canRelay(a, b string) bool {
 	return s.cfg.Accept == nil || s.cfg.Accept(a, b)
 }
 
+// keepsRelaying reports whether this node goes on carrying a pair it
+// serves: as canRelay, but an end briefly gone from the members (a node
+// behind NAT is often suspected and refutes) still counts for GoneTTL, so
+// such a flap does not withdraw the relay from both ends and leave the pair
+// without one until it is proposed again. A withdrawal is still sent when
+// the end is judged unreachable or stays gone.
+func (s *relaySignal) keepsRelaying(a, b string) bool {
+	for _, n := range []string{a, b} {
+		if s.unreach[n] {
+			return false
+		}
+		if _, briefly := s.gone[n]; !s.members[n] && !briefly {
+			return false
+		}
+	}
+	return s.cfg.Accept == nil || s.cfg.Accept(a, b)
+}
+
 // receive handles a message from the node from (authenticated by its
 // MAC) addressed to this node.
 func (s *relaySignal) receive(from string, m relayMsg, now time.Time) {
@@ -382,7 +400,8 @@ func (s *relaySignal) receivePropose(from string, m relayMsg, now time.Time) {
 	if cur, ok := s.serving[key]; ok && m.Epoch < cur {
 		return // an old proposal, overtaken
 	}
-	if !s.canRelay(m.A, m.B) {
+	_, serves := s.serving[key]
+	if !s.canRelay(m.A, m.B) && !(serves && s.keepsRelaying(m.A, m.B)) {
 		delete(s.serving, key)
 		s.out.put(relayMsg{Kind: kindRefuse, To: m.A, A: m.A, B: m.B, Epoch: m.Epoch}, now)
 		return

@@ -22,6 +22,7 @@ type simNet struct {
 	names  []string
 	cut    map[[2]string]bool
 	blind  map[[2]string]bool // (n, p): n cannot reach p, though p reaches n
+	hidden map[[2]string]bool // (n, p): n's members lack p (p falsely declared dead there)
 	dead   map[string]bool
 	refuse map[string]bool // nodes that do not forward
 	loss   float64
@@ -33,7 +34,7 @@ type simNet struct {
 func newSimNet(t *testing.T, n int) *simNet {
 	t.Helper()
 	s := &simNet{t: t, now: time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC), nodes: map[string]*relaySignal{},
-		keys: map[string]wgtypes.Key{}, cut: map[[2]string]bool{}, blind: map[[2]string]bool{}, dead: map[string]bool{}, refuse: map[string]bool{},
+		keys: map[string]wgtypes.Key{}, cut: map[[2]string]bool{}, blind: map[[2]string]bool{}, hidden: map[[2]string]bool{}, dead: map[string]bool{}, refuse: map[string]bool{},
 		rng: rand.New(rand.NewPCG(1, 2))}
 	for i := range n {
 		s.add(fmt.Sprintf("node%02d", i+1))
@@ -80,8 +81,14 @@ func (s *simNet) round() {
 				un = append(un, p)
 			}
 		}
+		var members []string
+		for _, p := range live {
+			if !s.hidden[[2]string{n, p}] {
+				members = append(members, p)
+			}
+		}
 		st := s.nodes[n]
-		st.update(live, un, s.now)
+		st.update(members, un, s.now)
 		st.step(s.now)
 		for _, m := range st.outgoing(s.now) {
 			s.sent++
@@ -426,4 +433,29 @@ func TestRelaySignalMissedWithdrawal(t *testing.T) {
 		_, err := s.agreed("node01", "node02")
 		return err
 	})
+}
+
+// TestRelaySignalEndFlapsAtRelay: the relay sees one end falsely dead for
+// a moment (a node behind NAT is often suspected and refutes). It keeps
+// carrying the pair, so neither end loses its relay.
+func TestRelaySignalEndFlapsAtRelay(t *testing.T) {
+	s := newSimNet(t, 5)
+	s.setCut("node01", "node02", true)
+	s.until(10*time.Second, func() error { return s.allRelayed("node01", []string{"node02"}) })
+	via, _ := s.agreed("node01", "node02")
+	s.hidden[[2]string{via, "node02"}] = true
+	for range 15 { // 1.5 s
+		s.round()
+		if _, err := s.agreed("node01", "node02"); err != nil {
+			t.Fatalf("while %s saw node02 gone: %v", via, err)
+		}
+	}
+	delete(s.hidden, [2]string{via, "node02"})
+	for range 120 { // 12 s: past a renewal of the relay
+		s.round()
+		got, err := s.agreed("node01", "node02")
+		if err != nil || got != via {
+			t.Fatalf("after node02 came back at %s: relayed via %q (%v), want %s throughout", via, got, err, via)
+		}
+	}
 }
