@@ -209,6 +209,7 @@ func (a *agent) advanceKeyRotation(now time.Time) {
 	a.key = next
 	a.rot.done(now)
 	a.mu.Unlock()
+	a.relays.setPrivate(next)
 	for _, p := range live {
 		pub := next.PublicKey()
 		a.send(p, tagKeySwitched, pub[:])

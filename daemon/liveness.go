@@ -33,7 +33,9 @@ import (
 // every FastInterval as soon as a probe is overdue (unanswered after
 // FastInterval), after a loss, and while the path is not up: a cut is judged
 // within about Timeout + DownAfter × FastInterval, while a healthy path
-// costs one probe a second. A probe unanswered after Timeout is lost.
+// costs one probe a second. A probe unanswered after Timeout is lost. A
+// path never up is judged down no sooner than FirstDown after its first
+// probe, the time a WireGuard handshake takes to be tried again.
 
 // livenessConfig tunes the judgement of direct paths; see
 // defaultLivenessConfig.
@@ -45,6 +47,14 @@ type livenessConfig struct {
 	UpAfter      int           // answers in a row that make a path up
 	RTTSamples   int           // answers the RTT is the median of
 	LossWindow   int           // probes the loss ratio is computed over
+	// FirstDown is how long after its first probe a path never up yet may
+	// be judged down. Two nodes that add each other at the same moment
+	// both start a WireGuard handshake; each one's answer to the other's
+	// voids its own, and WireGuard tries again only after 5 s (its
+	// REKEY_TIMEOUT, plus up to 1/3 s of jitter). Judged down before that,
+	// every pair of nodes started together would be relayed for a few
+	// seconds for nothing.
+	FirstDown time.Duration
 }
 
 // scaled paces the probes by interval (--probe-interval) instead of 1 s.
@@ -65,6 +75,7 @@ func defaultLivenessConfig() livenessConfig {
 		FastInterval: 250 * time.Millisecond,
 		Timeout:      time.Second,
 		DownAfter:    5,
+		FirstDown:    6 * time.Second,
 		UpAfter:      3,
 		RTTSamples:   16,
 		LossWindow:   60,
@@ -99,6 +110,7 @@ type liveness struct {
 	lost     int       // losses in a row
 	answered int       // answers in a row
 	lastSent time.Time // zero before the first probe
+	first    time.Time // the first probe, zero before it
 	inflight map[uint64]time.Time
 	rtts     []time.Duration // the latest answers, oldest first
 	outcomes []bool          // the latest probes' fates (true: answered), oldest first
@@ -131,6 +143,9 @@ func (l *liveness) poll(now time.Time) bool {
 func (l *liveness) sent(id uint64, now time.Time) {
 	l.inflight[id] = now
 	l.lastSent = now
+	if l.first.IsZero() {
+		l.first = now
+	}
 }
 
 // answer records the answer to the probe id; answers to unknown or
@@ -180,7 +195,7 @@ func (l *liveness) outcome(ok bool, rtt time.Duration, now time.Time) {
 	}
 	l.answered = 0
 	l.lost++
-	if l.state != pathDown && l.lost >= l.cfg.DownAfter {
+	if l.state != pathDown && l.lost >= l.cfg.DownAfter && (l.state != pathUnknown || now.Sub(l.first) >= l.cfg.FirstDown) {
 		l.state, l.since = pathDown, now
 	}
 }

@@ -287,3 +287,23 @@ func TestLivenessScaled(t *testing.T) {
 		}
 	}
 }
+
+// TestLivenessFirstJudgementWaitsForAHandshakeRetry: a new path whose
+// first WireGuard handshake was lost (both ends started one at once)
+// carries nothing for about 5 s; it is not judged down meanwhile, and goes
+// straight to up. A path that never works is judged down after FirstDown.
+func TestLivenessFirstJudgementWaitsForAHandshakeRetry(t *testing.T) {
+	s := newSimPath(t0)
+	s.works = func(at time.Time) bool { return at.Sub(t0) >= 5333*time.Millisecond }
+	s.until(t, pathUp, 8*time.Second)
+	if want := []pathState{pathUnknown, pathUp}; !equalStates(s.changes, want) {
+		t.Errorf("states %v, want %v (never down)", s.changes, want)
+	}
+
+	s = newSimPath(t0)
+	s.works = func(time.Time) bool { return false }
+	down := s.until(t, pathDown, 10*time.Second)
+	if down < 6*time.Second || down > 6500*time.Millisecond {
+		t.Errorf("a path that never works judged down after %v, want 6 s to 6.5 s", down)
+	}
+}

@@ -219,7 +219,7 @@ func (s *relaySignal) step(now time.Time) {
 		}
 	}
 	for pair, epoch := range s.serving {
-		if s.keepsRelaying(pair[0], pair[1]) {
+		if s.canRelay(pair[0], pair[1], true) {
 			continue
 		}
 		delete(s.serving, pair)
@@ -299,26 +299,17 @@ func (s *relaySignal) stepProposer(p string, now time.Time) {
 }
 
 // canRelay reports whether this node can carry the pair (a, b): both are
-// live, its own probes reach both, and it forwards for them.
-func (s *relaySignal) canRelay(a, b string) bool {
-	if !s.members[a] || !s.members[b] || s.unreach[a] || s.unreach[b] {
-		return false
-	}
-	return s.cfg.Accept == nil || s.cfg.Accept(a, b)
-}
-
-// keepsRelaying reports whether this node goes on carrying a pair it
-// serves: as canRelay, but an end briefly gone from the members (a node
-// behind NAT is often suspected and refutes) still counts for GoneTTL, so
-// such a flap does not withdraw the relay from both ends and leave the pair
-// without one until it is proposed again. A withdrawal is still sent when
-// the end is judged unreachable or stays gone.
-func (s *relaySignal) keepsRelaying(a, b string) bool {
+// live, its own probes reach both, and it forwards for them. For a pair it
+// already serves, an end briefly gone from the members (a node behind NAT
+// is often suspected and refutes) still counts for GoneTTL, so such a flap
+// does not withdraw the relay from both ends and leave the pair without
+// one until it is proposed again.
+func (s *relaySignal) canRelay(a, b string, serving bool) bool {
 	for _, n := range []string{a, b} {
 		if s.unreach[n] {
 			return false
 		}
-		if _, briefly := s.gone[n]; !s.members[n] && !briefly {
+		if _, briefly := s.gone[n]; !s.members[n] && !(serving && briefly) {
 			return false
 		}
 	}
@@ -401,7 +392,7 @@ func (s *relaySignal) receivePropose(from string, m relayMsg, now time.Time) {
 		return // an old proposal, overtaken
 	}
 	_, serves := s.serving[key]
-	if !s.canRelay(m.A, m.B) && !(serves && s.keepsRelaying(m.A, m.B)) {
+	if !s.canRelay(m.A, m.B, serves) {
 		delete(s.serving, key)
 		s.out.put(relayMsg{Kind: kindRefuse, To: m.A, A: m.A, B: m.B, Epoch: m.Epoch}, now)
 		return

@@ -17,7 +17,7 @@ const tagRelaySignal byte = 'L'
 // relaySignallerConfig wires the relay protocol to the node.
 type relaySignallerConfig struct {
 	Self    string
-	Private wgtypes.Key // this node's WireGuard key, which signs its messages
+	Private wgtypes.Key // this node's WireGuard key at start; setPrivate changes it
 	// PublicKey returns the vetted public key of a live member, false for a
 	// node that is not one (or whose key is refused). Called without the
 	// signaller's lock held.
@@ -46,8 +46,9 @@ type relaySignaller struct {
 	cfg relaySignallerConfig
 	in  chan inboundRelayMsg
 
-	keysMu sync.Mutex
-	keys   map[wgtypes.Key][32]byte // MAC keys by peer key
+	keysMu  sync.Mutex
+	private wgtypes.Key              // this node's key, which signs its messages
+	keys    map[wgtypes.Key][32]byte // MAC keys by peer key, derived from private
 
 	mu     sync.Mutex // guards the fields below; never held while calling out
 	st     *relaySignal
@@ -67,8 +68,22 @@ func newRelaySignaller(cfg relaySignallerConfig) *relaySignaller {
 		cfg.Tick = 100 * time.Millisecond
 	}
 	cfg.Protocol.Accept = cfg.Accept
-	return &relaySignaller{cfg: cfg, in: make(chan inboundRelayMsg, 256), keys: map[wgtypes.Key][32]byte{},
-		st: newRelaySignal(cfg.Protocol), relays: map[string]string{}}
+	return &relaySignaller{cfg: cfg, in: make(chan inboundRelayMsg, 256), private: cfg.Private,
+		keys: map[wgtypes.Key][32]byte{}, st: newRelaySignal(cfg.Protocol), relays: map[string]string{}}
+}
+
+// setPrivate makes key sign and check this node's messages from now on,
+// after a key rotation switched the node to it. The peers check with the
+// public key the node announces, so a message keyed with the old one would
+// be refused by all of them from the switch on.
+func (r *relaySignaller) setPrivate(key wgtypes.Key) {
+	r.keysMu.Lock()
+	defer r.keysMu.Unlock()
+	if key == r.private {
+		return
+	}
+	r.private = key
+	clear(r.keys)
 }
 
 func (r *relaySignaller) macKey(pub wgtypes.Key) ([32]byte, error) {
@@ -77,7 +92,7 @@ func (r *relaySignaller) macKey(pub wgtypes.Key) ([32]byte, error) {
 	if k, ok := r.keys[pub]; ok {
 		return k, nil
 	}
-	k, err := relayMACKey(r.cfg.Private, pub)
+	k, err := relayMACKey(r.private, pub)
 	if err != nil {
 		return k, err
 	}

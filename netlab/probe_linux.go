@@ -187,10 +187,15 @@ func ListenPacket(netnsPath, network, addr string) (net.PacketConn, error) {
 // namespace at netnsPath. The socket is made in that namespace and used
 // from any goroutine.
 func Dial(ctx context.Context, netnsPath, network, addr string) (net.Conn, error) {
+	return DialFrom(ctx, netnsPath, network, nil, addr)
+}
+
+// DialFrom is Dial from the local address local (nil: any).
+func DialFrom(ctx context.Context, netnsPath, network string, local net.Addr, addr string) (net.Conn, error) {
 	var c net.Conn
 	err := inNetns(netnsPath, func() error {
 		var err error
-		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+		c, err = (&net.Dialer{LocalAddr: local}).DialContext(ctx, network, addr)
 		return err
 	})
 	if err != nil {

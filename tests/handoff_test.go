@@ -20,7 +20,8 @@ import (
 // record every few milliseconds one way and its echo the other, and
 // measures the largest pause between arrivals in each direction.
 type stream struct {
-	conn net.Conn
+	conn net.Conn // the client's end
+	srv  net.Conn // the server's end
 	ln   net.Listener
 	wg   sync.WaitGroup
 
@@ -59,12 +60,12 @@ func startStream(t *testing.T, ctx context.Context, client, server *netlab.Pod) 
 		s.conn, err = client.Dial(dctx, "tcp", net.JoinHostPort(server.IP().String(), "9100"))
 		return err
 	})
-	srv, ok := <-accepted
-	if !ok {
+	var ok bool
+	if s.srv, ok = <-accepted; !ok {
 		t.Fatal("the server pod accepted no connection")
 	}
 	s.wg.Add(3)
-	go s.serve(srv)
+	go s.serve(s.srv)
 	go s.write()
 	go s.readEchoes()
 	t.Cleanup(s.close)
@@ -188,8 +189,11 @@ func (s *stream) settle(t *testing.T, ctx context.Context, d time.Duration) (fwd
 	return s.maxFwd, s.maxBack
 }
 
+// close ends both ends here, so that it returns even when the path between
+// them is broken and the client's FIN would never reach the server.
 func (s *stream) close() {
 	s.conn.Close()
+	s.srv.Close()
 	s.ln.Close()
 	s.wg.Wait()
 }

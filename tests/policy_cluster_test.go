@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -66,6 +68,22 @@ type policyPod struct {
 	node     *netlab.Node
 	netns    string
 	ip       netip.Addr
+	udpPorts atomic.Uint32 // source ports of UDP probes taken so far
+}
+
+// UDP probes leave from ports taken in turn from a range no other socket
+// of the pod uses, so a probe never reuses the five-tuple of one still in
+// conntrack (30 s), which would pass as established whatever the policy
+// says now. A pod sends well under 100 UDP probes a second, so a port
+// comes round again after more than 3 minutes.
+const (
+	udpProbePortBase  = 20000
+	udpProbePortCount = 20000
+)
+
+// nextUDPPort is the source port of the pod's next UDP probe.
+func (p *policyPod) nextUDPPort() int {
+	return udpProbePortBase + int(p.udpPorts.Add(1)%udpProbePortCount)
 }
 
 func (p *policyPod) String() string { return p.ns + "/" + p.name }
@@ -347,7 +365,14 @@ func (c *policyCluster) probeOnce(ctx context.Context, pr probe) bool {
 		conn.Close()
 		return true
 	}
-	conn, err := netlab.Dial(ctx, from.netns, "udp", addr)
+	var conn net.Conn
+	var err error
+	for range 3 { // a port still held by a probe that wrapped round: the next
+		local := &net.UDPAddr{IP: from.ip.AsSlice(), Port: from.nextUDPPort()}
+		if conn, err = netlab.DialFrom(ctx, from.netns, "udp", local, addr); !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+	}
 	if err != nil {
 		return false
 	}
