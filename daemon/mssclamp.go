@@ -10,8 +10,10 @@ import (
 // TCP MSS clamping per destination. The tunnel device keeps the largest
 // MTU (pods too), so paths that carry it lose nothing; for a peer whose
 // path MTU is smaller, every TCP SYN and SYN-ACK to or from its ranges has
-// its MSS option lowered to that path MTU minus 40 (IPv4 and TCP headers),
-// so neither end ever sends a segment the path drops. Both directions are
+// its MSS option lowered to that path MTU minus the IP and TCP headers (40
+// bytes for IPv4, 60 for IPv6), so neither end ever sends a segment the
+// path drops. The path MTU is the room inside the tunnel, the same for
+// both families, so a dual-stack peer's IPv6 ranges are clamped too. Both directions are
 // clamped on each node, so one node's measurement protects a connection
 // even before the other node has its own.
 //
@@ -20,9 +22,20 @@ import (
 // route MTU would split them; UDP over such a path must fit on its own (as
 // QUIC does by its own path MTU probing).
 
-// ipTCPHeaders is what an IPv4 packet of a TCP segment carries besides
-// the segment's payload (no options).
-const ipTCPHeaders = 40
+// ipTCPHeaders and ip6TCPHeaders are what an IPv4 and an IPv6 packet of
+// a TCP segment carry besides the segment's payload (no options).
+const (
+	ipTCPHeaders  = 40
+	ip6TCPHeaders = 60
+)
+
+// tcpHeaders is ipTCPHeaders or ip6TCPHeaders, by the family of pre.
+func tcpHeaders(pre netip.Prefix) int {
+	if pre.Addr().Is4() {
+		return ipTCPHeaders
+	}
+	return ip6TCPHeaders
+}
 
 // clampRule lowers the MSS of TCP SYNs to (Dir "to") or from (Dir "from")
 // Prefix, a range of Peer, to MSS.
@@ -39,15 +52,12 @@ func clampRules(peers []peer, results map[string]int, tunnelMTU int) []clampRule
 	var out []clampRule
 	for _, p := range peers {
 		mtu := results[p.Name]
-		if mtu <= ipTCPHeaders || mtu >= tunnelMTU {
+		if mtu <= ip6TCPHeaders || mtu >= tunnelMTU {
 			continue
 		}
 		for _, pre := range normalize(ownPrefixes(p)) {
-			if !pre.Addr().Is4() {
-				continue
-			}
 			for _, dir := range []string{"to", "from"} {
-				out = append(out, clampRule{Dir: dir, Prefix: pre, MSS: mtu - ipTCPHeaders, Peer: p.Name})
+				out = append(out, clampRule{Dir: dir, Prefix: pre, MSS: mtu - tcpHeaders(pre), Peer: p.Name})
 			}
 		}
 	}
@@ -71,8 +81,12 @@ func (r clampRule) String() string {
 	if r.Dir == "from" {
 		addr = "saddr"
 	}
-	return fmt.Sprintf("ip %s %s tcp flags syn tcp option maxseg size > %d tcp option maxseg size set %d # peer %s",
-		addr, r.Prefix, r.MSS, r.MSS, r.Peer)
+	family := "ip"
+	if !r.Prefix.Addr().Is4() {
+		family = "ip6"
+	}
+	return fmt.Sprintf("%s %s %s tcp flags syn tcp option maxseg size > %d tcp option maxseg size set %d # peer %s",
+		family, addr, r.Prefix, r.MSS, r.MSS, r.Peer)
 }
 
 func renderClampRules(rs []clampRule) string {

@@ -25,24 +25,30 @@ func clampChains(t *nftables.Table) (out, in *nftables.Chain) {
 
 // exprs is the rule in nftables expressions.
 func (r clampRule) exprs() []expr.Any {
-	offset := uint32(16) // ip daddr
+	proto, offset, size := byte(unix.NFPROTO_IPV4), uint32(16), 4 // ip daddr
 	if r.Dir == "from" {
 		offset = 12 // ip saddr
+	}
+	if !r.Prefix.Addr().Is4() {
+		proto, offset, size = unix.NFPROTO_IPV6, 24, 16 // ip6 daddr
+		if r.Dir == "from" {
+			offset = 8 // ip6 saddr
+		}
 	}
 	mss := binaryutil.BigEndian.PutUint16(uint16(r.MSS))
 	maxseg := func(e *expr.Exthdr) *expr.Exthdr {
 		e.Op, e.Type, e.Offset, e.Len = expr.ExthdrOpTcpopt, tcpOptMaxseg, 2, 2
 		return e
 	}
-	net := r.Prefix.Masked().Addr().As4()
+	net := r.Prefix.Masked().Addr().AsSlice()
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: maskBytes(r.Prefix.Bits()), Xor: []byte{0, 0, 0, 0}},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: net[:]},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: uint32(size)},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(size), Mask: maskBytesN(r.Prefix.Bits(), size), Xor: make([]byte, size)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: net},
 		// tcp flags syn (SYN and SYN-ACK)
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x02}, Xor: []byte{0}},

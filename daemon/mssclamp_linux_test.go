@@ -11,10 +11,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestMSSClampInNetns: with the clamp rules for a peer range in place, a
-// TCP connection to an address of that range negotiates an MSS no larger
-// than the clamp, on loopback whose MTU is 64 KiB; a second sync changes
-// nothing, and an empty rule set lifts the clamp.
+// TestMSSClampInNetns: with the clamp rules for a peer's IPv4 and IPv6
+// ranges in place, a TCP connection to an address of either negotiates an
+// MSS no larger than the clamp, on loopback whose MTU is 64 KiB; a second
+// sync changes nothing, and an empty rule set lifts the clamp.
 func TestMSSClampInNetns(t *testing.T) {
 	n := throwawayNetns(t)
 	err := n.Do(func(ns.NetNS) error {
@@ -33,7 +33,10 @@ func TestMSSClampInNetns(t *testing.T) {
 		if err := h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, 44, 0, 1).To4(), Mask: net.CIDRMask(32, 32)}}); err != nil {
 			return err
 		}
-		peers := []peer{{Name: "node3", TunnelAddr: netip.MustParseAddr("10.44.0.0"), Ranges: pfx("10.44.0.0/14")}}
+		if err := h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("fd10:44::1"), Mask: net.CIDRMask(128, 128)}}); err != nil {
+			return err
+		}
+		peers := []peer{{Name: "node3", TunnelAddr: netip.MustParseAddr("10.44.0.0"), Ranges: pfx("10.44.0.0/14", "fd10:44::/64")}}
 		rules := clampRules(peers, map[string]int{"node3": 1216}, 1420)
 		if err := syncMSSClamp(rules); err != nil {
 			return err
@@ -46,13 +49,20 @@ func TestMSSClampInNetns(t *testing.T) {
 		} else if mss > 1216-ipTCPHeaders {
 			t.Errorf("MSS %d across the clamp, want at most %d", mss, 1216-ipTCPHeaders)
 		}
+		if mss, err := negotiatedMSS("[fd10:44::1]:7777"); err != nil {
+			return err
+		} else if mss > 1216-ip6TCPHeaders {
+			t.Errorf("IPv6: MSS %d across the clamp, want at most %d", mss, 1216-ip6TCPHeaders)
+		}
 		if err := syncMSSClamp(nil); err != nil {
 			return err
 		}
-		if mss, err := negotiatedMSS("10.44.0.1:7778"); err != nil {
-			return err
-		} else if mss <= 1216 {
-			t.Errorf("MSS %d on loopback after the clamp was lifted, want the loopback's", mss)
+		for _, addr := range []string{"10.44.0.1:7778", "[fd10:44::1]:7778"} {
+			if mss, err := negotiatedMSS(addr); err != nil {
+				return err
+			} else if mss <= 1216 {
+				t.Errorf("%s: MSS %d on loopback after the clamp was lifted, want the loopback's", addr, mss)
+			}
 		}
 		return nil
 	})
@@ -64,7 +74,7 @@ func TestMSSClampInNetns(t *testing.T) {
 // negotiatedMSS connects to addr (a listener there is made) and returns
 // the MSS the client's connection settled on.
 func negotiatedMSS(addr string) (int, error) {
-	ln, err := net.Listen("tcp4", addr)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return 0, err
 	}
@@ -74,7 +84,7 @@ func negotiatedMSS(addr string) (int, error) {
 			c.Close()
 		}
 	}()
-	c, err := net.Dial("tcp4", addr)
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		return 0, err
 	}

@@ -15,8 +15,12 @@ func TestClampRules(t *testing.T) {
 		{Name: "node4", TunnelAddr: netip.MustParseAddr("10.44.0.1"), Ranges: pfx("10.44.0.0/15")},
 		// A tunnel address outside its ranges gets its own rule.
 		{Name: "node5", TunnelAddr: netip.MustParseAddr("10.46.0.9"), Ranges: pfx("10.47.0.0/16")},
+		// Dual stack: its IPv6 range is clamped 20 bytes lower (a larger
+		// IP header), and its IPv6 tunnel address lies in that range.
+		{Name: "node6", TunnelAddr: netip.MustParseAddr("10.48.0.1"), TunnelAddr6: netip.MustParseAddr("fd10:40::1"),
+			Ranges: pfx("10.48.0.0/16", "fd10:40::/64")},
 	}
-	results := map[string]int{"node3": 1216, "node2": 1420, "node5": 1380}
+	results := map[string]int{"node3": 1216, "node2": 1420, "node5": 1380, "node6": 1280}
 	got := clampRules(peers, results, 1420)
 	golden(t, "mss-clamp", renderClampRules(got))
 
