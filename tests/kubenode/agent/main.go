@@ -6,7 +6,7 @@
 //	                     waits for SIGTERM or SIGINT
 //	agent serve [:8080]  an HTTP server a test asks to reach other pods:
 //	  GET /whoami             this pod's name ($POD_NAME) and hostname
-//	  GET /ping?ip=A          one ICMP echo to A; 200 with the round trip, or 502
+//	  GET /ping?ip=A          one ICMP echo (IPv4 or IPv6) to A; 200 with the round trip, or 502
 //	  GET /get?url=U          GET U; 200 with its body, or 502
 //
 // It is static (CGO_ENABLED=0) and needs nothing of the image but itself.
@@ -27,6 +27,7 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 func main() {
@@ -130,18 +131,23 @@ func handler() http.Handler {
 	return mux
 }
 
-// ping sends one ICMP echo to dst and waits for its reply, through an
-// unprivileged ICMP socket (containerd allows every group in the pod's
-// net.ipv4.ping_group_range), else a raw one (CAP_NET_RAW).
+// ping sends one ICMP (or ICMPv6) echo to dst and waits for its reply,
+// through an unprivileged ICMP socket (containerd allows every group in
+// the pod's net.ipv4.ping_group_range, which covers both families), else a
+// raw one (CAP_NET_RAW).
 func ping(ctx context.Context, dst netip.Addr, timeout time.Duration) (time.Duration, error) {
-	if !dst.Is4() {
-		return 0, fmt.Errorf("ping %s: only IPv4", dst)
+	dst = dst.Unmap()
+	dgram, raw, laddr, proto := "udp4", "ip4:icmp", "0.0.0.0", 1
+	var echo, reply, unreachable icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply, ipv4.ICMPTypeDestinationUnreachable
+	if dst.Is6() {
+		dgram, raw, laddr, proto = "udp6", "ip6:ipv6-icmp", "::", 58
+		echo, reply, unreachable = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply, ipv6.ICMPTypeDestinationUnreachable
 	}
-	network, to := "udp4", net.Addr(&net.UDPAddr{IP: dst.AsSlice()})
-	conn, err := icmp.ListenPacket(network, "0.0.0.0")
+	network, to := dgram, net.Addr(&net.UDPAddr{IP: dst.AsSlice()})
+	conn, err := icmp.ListenPacket(network, laddr)
 	if err != nil {
-		network, to = "ip4:icmp", &net.IPAddr{IP: dst.AsSlice()}
-		if conn, err = icmp.ListenPacket(network, "0.0.0.0"); err != nil {
+		network, to = raw, &net.IPAddr{IP: dst.AsSlice()}
+		if conn, err = icmp.ListenPacket(network, laddr); err != nil {
 			return 0, fmt.Errorf("ping %s: open an ICMP socket: %w", dst, err)
 		}
 	}
@@ -152,7 +158,8 @@ func ping(ctx context.Context, dst netip.Addr, timeout time.Duration) (time.Dura
 	}
 	conn.SetDeadline(deadline)
 	id := os.Getpid() & 0xffff
-	req, err := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: 1, Data: []byte("weft-kubelet-test")}}).Marshal(nil)
+	// The kernel fills in the ICMPv6 checksum.
+	req, err := (&icmp.Message{Type: echo, Body: &icmp.Echo{ID: id, Seq: 1, Data: []byte("weft-kubelet-test")}}).Marshal(nil)
 	if err != nil {
 		return 0, err
 	}
@@ -166,18 +173,18 @@ func ping(ctx context.Context, dst netip.Addr, timeout time.Duration) (time.Dura
 		if err != nil {
 			return 0, fmt.Errorf("ping %s: no reply within %v: %w", dst, timeout, err)
 		}
-		m, err := icmp.ParseMessage(1, buf[:n])
+		m, err := icmp.ParseMessage(proto, buf[:n])
 		if err != nil {
 			continue
 		}
 		switch m.Type {
-		case ipv4.ICMPTypeEchoReply:
+		case reply:
 			// An unprivileged socket gets only its own replies (the
 			// kernel rewrites the ID); a raw one gets every reply.
-			if e, ok := m.Body.(*icmp.Echo); ok && (network == "udp4" || e.ID == id) && fromAddr(from) == dst {
+			if e, ok := m.Body.(*icmp.Echo); ok && (network == dgram || e.ID == id) && fromAddr(from) == dst {
 				return time.Since(sent), nil
 			}
-		case ipv4.ICMPTypeDestinationUnreachable:
+		case unreachable:
 			return 0, errors.New("ping " + dst.String() + ": destination unreachable")
 		}
 	}
