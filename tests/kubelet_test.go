@@ -33,36 +33,10 @@ const nodeReadyWithin = 60 * time.Second
 // pings and GETs every other across nodes; deleted pods' addresses are
 // released.
 func TestKubelet(t *testing.T) {
-	if _, err := kubenode.FindBinaries(kubenode.Binaries{}); errors.Is(err, kubenode.ErrMissingBinary) {
-		t.Skipf("no kubelet or containerd for this test: %v", err)
-	}
-	lab := newLab(t)
-	if err := kubenode.CleanStale(); err != nil {
-		t.Logf("clean what interrupted kubelet tests left: %v", err)
-	}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
-
-	image, err := kubenode.BuildAgentImage(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := lab.AddNode(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodes, err := lab.AddNodes(0, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := make([]string, len(nodes))
-	for i, n := range nodes {
-		names[i] = n.Name
-	}
-	kapi := startKubelabHelper(t, ctx, cp.Netns, cp.Addr, names...)
-	cs := kapi.Clientset()
-	startAll(t, ctx, nodes, func(*netlab.Node) []string { return seedArgs(nodes[0], nodes) })
-	waitMesh(t, ctx, nodes)
+	c := newKubeletCluster(t, ctx, 3)
+	nodes, cs := c.nodes, c.cs
 	// What each daemon holds before any pod (its own addresses).
 	baseline := map[string]int{}
 	for _, n := range nodes {
@@ -73,51 +47,17 @@ func TestKubelet(t *testing.T) {
 		baseline[n.Name] = st.Allocations
 	}
 
-	kn := map[string]*kubenode.Node{}
-	startNode := func(n *netlab.Node) {
-		t.Helper()
-		began := time.Now()
-		k, err := kubenode.Start(ctx, kubenode.Config{
-			Node: n, Kubeconfig: kapi.nodeKubeconfigs[n.Name], WeftBinary: weftBinary, Images: []string{image},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		kn[n.Name] = k
-		t.Cleanup(func() {
-			if t.Failed() {
-				t.Logf("%s\n%s", k.KubeletLogTail(60), k.ContainerdLogTail(30))
-			}
-			if err := k.Close(); err != nil {
-				t.Errorf("close kubenode %s: %v", n.Name, err)
-			}
-		})
-		t.Logf("%s: containerd and kubelet started in %v", n.Name, time.Since(began).Round(time.Millisecond))
-	}
-	waitReady := func(ns []*netlab.Node) {
-		t.Helper()
-		began := time.Now()
-		rctx, cancel := context.WithTimeout(ctx, nodeReadyWithin)
-		defer cancel()
-		for _, n := range ns {
-			if err := waitNodeReady(rctx, cs, n.Name); err != nil {
-				t.Fatalf("node %s not Ready within %v of its kubelet's start: %v\n%s", n.Name, nodeReadyWithin, err, kn[n.Name].KubeletLogTail(40))
-			}
-		}
-		t.Logf("nodes Ready %v after their kubelets started", time.Since(began).Round(time.Millisecond))
-	}
-
 	// One node: Ready, pods Running with addresses, talking to each other.
-	startNode(nodes[0])
-	waitReady(nodes[:1])
+	c.startNode(t, ctx, nodes[0])
+	c.waitReady(t, ctx, nodes[:1])
 	one := runAgentPods(t, ctx, cs, nodes[:1], 2, "one")
 	checkPodsTalk(t, ctx, one)
 
 	// Three nodes, three pods each.
 	for _, n := range nodes[1:] {
-		startNode(n)
+		c.startNode(t, ctx, n)
 	}
-	waitReady(nodes[1:])
+	c.waitReady(t, ctx, nodes[1:])
 	readySince := time.Now()
 	pods := runAgentPods(t, ctx, cs, nodes, 3, "three")
 	all := append(pods, one...)
@@ -164,6 +104,86 @@ func TestKubelet(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// kubeletCluster is lab nodes running weft daemons (seeded, with extra
+// daemon flags) and, once startNode ran for them, real containerd and
+// kubelets registered to a kube-apiserver on a node of its own.
+type kubeletCluster struct {
+	nodes []*netlab.Node
+	cs    kubernetes.Interface
+	kapi  *remoteAPI
+	image string                    // the agent image, imported on every node
+	kn    map[string]*kubenode.Node // by node name, once started
+}
+
+// newKubeletCluster starts count meshed daemons and the API; it skips the
+// test when the kubelet or containerd is not built.
+func newKubeletCluster(t *testing.T, ctx context.Context, count int, daemonArgs ...string) *kubeletCluster {
+	t.Helper()
+	if _, err := kubenode.FindBinaries(kubenode.Binaries{}); errors.Is(err, kubenode.ErrMissingBinary) {
+		t.Skipf("no kubelet or containerd for this test: %v", err)
+	}
+	lab := newLab(t)
+	if err := kubenode.CleanStale(); err != nil {
+		t.Logf("clean what interrupted kubelet tests left: %v", err)
+	}
+	image, err := kubenode.BuildAgentImage(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := lab.AddNode(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := lab.AddNodes(0, count)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := make([]string, len(nodes))
+	for i, n := range nodes {
+		names[i] = n.Name
+	}
+	kapi := startKubelabHelper(t, ctx, cp.Netns, cp.Addr, names...)
+	startAll(t, ctx, nodes, func(*netlab.Node) []string { return seedArgs(nodes[0], nodes, daemonArgs...) })
+	waitMesh(t, ctx, nodes)
+	return &kubeletCluster{nodes: nodes, cs: kapi.Clientset(), kapi: kapi, image: image, kn: map[string]*kubenode.Node{}}
+}
+
+// startNode starts containerd and the kubelet on n.
+func (c *kubeletCluster) startNode(t *testing.T, ctx context.Context, n *netlab.Node) {
+	t.Helper()
+	began := time.Now()
+	k, err := kubenode.Start(ctx, kubenode.Config{
+		Node: n, Kubeconfig: c.kapi.nodeKubeconfigs[n.Name], WeftBinary: weftBinary, Images: []string{c.image},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.kn[n.Name] = k
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("%s\n%s", k.KubeletLogTail(60), k.ContainerdLogTail(30))
+		}
+		if err := k.Close(); err != nil {
+			t.Errorf("close kubenode %s: %v", n.Name, err)
+		}
+	})
+	t.Logf("%s: containerd and kubelet started in %v", n.Name, time.Since(began).Round(time.Millisecond))
+}
+
+// waitReady waits until the Nodes of ns are Ready, at most nodeReadyWithin.
+func (c *kubeletCluster) waitReady(t *testing.T, ctx context.Context, ns []*netlab.Node) {
+	t.Helper()
+	began := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, nodeReadyWithin)
+	defer cancel()
+	for _, n := range ns {
+		if err := waitNodeReady(rctx, c.cs, n.Name); err != nil {
+			t.Fatalf("node %s not Ready within %v of its kubelet's start: %v\n%s", n.Name, nodeReadyWithin, err, c.kn[n.Name].KubeletLogTail(40))
+		}
+	}
+	t.Logf("nodes Ready %v after their kubelets started", time.Since(began).Round(time.Millisecond))
 }
 
 // agentPod is a Running pod of the agent image.
