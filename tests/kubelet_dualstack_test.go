@@ -1,0 +1,112 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/weftnet/weft/tests/kubenode"
+)
+
+// TestKubeletDualStack runs real kubelets and containerd on three nodes
+// whose daemons have an IPv4 and an IPv6 pod range. The kubelet takes the
+// pods' addresses from weft's CNI result: each pod's status.podIPs holds
+// one address of each family, from the two ranges, distinct across pods;
+// every pod pings and GETs every other over both families, across nodes;
+// deleting the pods gives both addresses back.
+func TestKubeletDualStack(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 6*time.Minute)
+	defer cancel()
+	c := newKubeletCluster(t, ctx, 3, "--pod-cidr", dsPodCIDR4.String()+","+dsPodCIDR6.String())
+	baseline := map[string]int{}
+	for _, n := range c.nodes {
+		st, err := ipamStatus(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		baseline[n.Name] = st.Allocations
+	}
+	for _, n := range c.nodes {
+		c.startNode(t, ctx, n)
+	}
+	c.waitReady(t, ctx, c.nodes)
+	pods := runAgentPods(t, ctx, c.cs, c.nodes, 1, "ds")
+
+	// status.podIPs, as the kubelet reports it.
+	ip6 := map[string]netip.Addr{}
+	seen := map[netip.Addr]string{}
+	for _, p := range pods {
+		pod, err := c.cs.CoreV1().Pods("default").Get(ctx, p.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []netip.Addr
+		for _, pip := range pod.Status.PodIPs {
+			a, err := netip.ParseAddr(pip.IP)
+			if err != nil {
+				t.Fatalf("pod %s: status.podIPs has %q: %v", p.Name, pip.IP, err)
+			}
+			got = append(got, a)
+		}
+		if len(got) != 2 || got[0] != p.IP || !dsPodCIDR4.Contains(got[0]) || !dsPodCIDR6.Contains(got[1]) {
+			t.Fatalf("pod %s: status.podIPs %v (podIP %s), want its IPv4 address in %s, then one in %s", p.Name, got, p.IP, dsPodCIDR4, dsPodCIDR6)
+		}
+		for _, a := range got {
+			if other, dup := seen[a]; dup {
+				t.Fatalf("pods %s and %s both have address %s", other, p.Name, a)
+			}
+			seen[a] = p.Name
+		}
+		ip6[p.Name] = got[1]
+	}
+	t.Logf("status.podIPs: %v", seen)
+
+	// Over IPv4 (the pods' first address) and IPv6, across nodes.
+	checkPodsTalk(t, ctx, pods)
+	began := time.Now()
+	for _, a := range pods {
+		for _, b := range pods {
+			if a == b {
+				continue
+			}
+			dst := ip6[b.Name]
+			poll(t, ctx, func() error {
+				if _, err := askAgent(ctx, a, "/ping?ip="+dst.String()); err != nil {
+					return fmt.Errorf("ping %s (%s) -> %s (%s) over IPv6: %w", a.Name, a.Node.Name, b.Name, b.Node.Name, err)
+				}
+				url := "http://" + net.JoinHostPort(dst.String(), strconv.Itoa(kubenode.AgentPort)) + "/whoami"
+				body, err := askAgent(ctx, a, "/get?url="+url)
+				if err != nil {
+					return fmt.Errorf("GET %s (%s) -> %s over IPv6: %w", a.Name, a.Node.Name, url, err)
+				}
+				if want := b.Name + " "; len(body) < len(want) || body[:len(want)] != want {
+					return fmt.Errorf("GET %s from %s answered %q, want %s's name", url, a.Name, body, b.Name)
+				}
+				return nil
+			})
+		}
+	}
+	t.Logf("%d pods: all pairs ping and GET each other over IPv6 (%v)", len(pods), time.Since(began).Round(time.Millisecond))
+
+	// Deleted pods give both their addresses back: one allocation holds
+	// both, so the count is back where it was.
+	deletePods(t, ctx, c.cs, pods)
+	poll(t, ctx, func() error {
+		for _, n := range c.nodes {
+			st, err := ipamStatus(ctx, n)
+			if err != nil {
+				return err
+			}
+			if st.Allocations != baseline[n.Name] {
+				return fmt.Errorf("%s holds %d addresses after its pods were deleted, %d before any pod", n.Name, st.Allocations, baseline[n.Name])
+			}
+		}
+		return nil
+	})
+}
