@@ -188,18 +188,25 @@ func (t *Tunnel) Done() <-chan struct{} {
 // serveUAPI answers wgctrl and `wg` on the userspace device's UAPI socket
 // until the listener is closed. Each connection is handled by its own
 // goroutine, tracked so that Close can end and wait for them.
+//
+// wireguard-go's listener ends two goroutines of its own with an error
+// each (its accept loop, and its watch of the socket file) and holds only
+// one of them: Accept must take both, or the other goroutine waits
+// forever. So after the first error it serves nothing more, and returns
+// at the second, which the listener's Close brings at the latest.
 func (t *Tunnel) serveUAPI() {
 	defer t.serving.Done()
-	for {
+	for failed := 0; failed < 2; {
 		c, err := t.uapi.Accept()
 		if err != nil {
-			return // the listener was closed
+			failed++
+			continue
 		}
 		t.connsMu.Lock()
-		if t.closing {
+		if t.closing || failed > 0 {
 			t.connsMu.Unlock()
 			c.Close()
-			return
+			continue
 		}
 		if t.conns == nil {
 			t.conns = make(map[net.Conn]struct{})

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -57,6 +58,10 @@ type agent struct {
 	probes   *pathProber // liveness of every direct path
 	relays   *relaySignaller
 	metrics  *metrics
+	// detours are the tunnel addresses of the peers behind NAT, where
+	// gossip to them goes (gossipDetour); read by memberlist's goroutines
+	// without a lock, so replaced whole by each reconcile pass.
+	detours atomic.Pointer[map[string]netip.Addr]
 	// healthAddrs are where /metrics, /healthz and /readyz are served.
 	healthAddrs []string
 	out         chan outMsg // direct messages to peers, sent by sendLoop
@@ -344,6 +349,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	})
 	a.probes.onSignal = a.relays.receive
 	mcfg.Delegate = allocDelegate{a.alloc, a.relays, a.log, a.handleKeyMsg}
+	mcfg.Detour = a.gossipDetour
 	if a.mesh, err = mesh.New(mcfg); err != nil {
 		return err
 	}

@@ -237,3 +237,41 @@ func (a *agent) keepNATMembership(ctx context.Context) error {
 		}
 	}
 }
+
+// Gossip to members behind NAT goes through the tunnel. Their gossip
+// address is private to their site: memberlist's probes from anywhere else
+// fail, so without a detour such a node is suspected over and over and
+// declared dead whenever its refutation comes late (on a busy node, or
+// when its push/pull every natSync is slow). Through the tunnel, punched
+// or relayed, the probes are answered as any other. The node listens for
+// it at its tunnel address (mesh.ListenDetour), on the gossip port.
+
+// gossipDetour is mesh.Config.Detour: the tunnel address of the peer name
+// when it is behind NAT.
+func (a *agent) gossipDetour(name string) (netip.Addr, bool) {
+	m := a.detours.Load()
+	if m == nil {
+		return netip.Addr{}, false
+	}
+	addr, ok := (*m)[name]
+	return addr, ok
+}
+
+// updateDetours recomputes the detours from the peers' NAT kinds and
+// vetted tunnel addresses, and listens at self (this node's tunnel
+// address, on the device by now).
+func (a *agent) updateDetours(self netip.Addr) error {
+	a.mu.Lock()
+	m := map[string]netip.Addr{}
+	for name, kp := range a.peers {
+		if (kp.NATKind == natCone || kp.NATKind == natSymmetric) && kp.TunnelAddr.IsValid() && !kp.KeyRefused {
+			m[name] = kp.TunnelAddr
+		}
+	}
+	a.mu.Unlock()
+	a.detours.Store(&m)
+	if !self.IsValid() {
+		return nil
+	}
+	return a.mesh.ListenDetour(self)
+}

@@ -275,6 +275,9 @@ func (a *agent) reconcile(mem endpointMemory) error {
 	if err := a.judgePaths(dev.Peers, time.Now()); err != nil {
 		errs = append(errs, err)
 	}
+	if err := a.updateDetours(self); err != nil {
+		errs = append(errs, err)
+	}
 	// The view after judging the paths (relays may have changed); the
 	// tunnel address stays the one the link was set up with in this pass.
 	v, _ := a.view()

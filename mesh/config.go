@@ -135,6 +135,15 @@ type Config struct {
 	// down with itself.
 	Transport memberlist.NodeAwareTransport
 
+	// Detour, when set, names the members whose gossip goes to another
+	// address of theirs (the one it returns, at the same port) from this
+	// node's detour address (ListenDetour) instead of to their gossip
+	// address: weft sends gossip to members behind NAT through the tunnel
+	// (see detourTransport). It is called for every message memberlist
+	// sends, from memberlist's goroutines, and must not block or call
+	// into the Mesh. Ignored with Transport.
+	Detour func(name string) (netip.Addr, bool)
+
 	// wrapTransport lets tests interpose on the network (partitions).
 	wrapTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 }

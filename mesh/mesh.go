@@ -71,6 +71,10 @@ type Mesh struct {
 
 	closeMu sync.RWMutex // write-held while shutting memberlist down
 
+	// detour carries gossip to the members Config.Detour names; nil
+	// without one.
+	detour *detourTransport
+
 	// keyring holds the gossip keys (nil: insecure); memberlist encrypts
 	// with its primary key and accepts any of them. See SetKeys.
 	keyring *memberlist.Keyring
@@ -233,8 +237,26 @@ func (m *Mesh) memberlistConfig() (*memberlist.Config, memberlist.NodeAwareTrans
 	if cfg.wrapTransport != nil {
 		tr = cfg.wrapTransport(tr)
 	}
+	if cfg.Detour != nil {
+		m.detour = newDetourTransport(tr, cfg.Detour, mc.BindPort, m.log.With("lib", "memberlist"))
+		tr = m.detour
+	}
 	mc.Transport = tr
+	if m.detour != nil {
+		return mc, m.detour, nil
+	}
 	return mc, nt, nil
+}
+
+// ListenDetour makes this node take gossip at addr, on its gossip port, for
+// the peers whose Config.Detour names it, and send its own detoured gossip
+// from there; an invalid addr stops that (detoured gossip then takes the
+// underlay). Without Config.Detour it does nothing.
+func (m *Mesh) ListenDetour(addr netip.Addr) error {
+	if m.detour == nil {
+		return nil
+	}
+	return m.detour.listen(addr)
 }
 
 // Run joins the seeds, retrying with backoff until one answers, then keeps
