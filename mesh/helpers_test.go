@@ -309,14 +309,15 @@ func (p *partition) blocked(from, to string) bool {
 }
 
 func (p *partition) wrap(tr memberlist.NodeAwareTransport) memberlist.NodeAwareTransport {
-	return &cutTransport{NodeAwareTransport: tr, p: p}
+	return &cutTransport{NodeAwareTransport: tr, drop: p.blocked}
 }
 
-// cutTransport drops packets and refuses dials across the partition.
+// cutTransport drops packets and refuses dials that drop says cross a cut
+// (across the partition, or into a NAT).
 type cutTransport struct {
 	memberlist.NodeAwareTransport
-	p    *partition
-	self atomic.Value // string: own advertised address
+	drop func(from, to string) bool // by gossip address
+	self atomic.Value               // string: own advertised address
 }
 
 var errPartitioned = errors.New("partitioned by test")
@@ -332,7 +333,7 @@ func (c *cutTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int, err
 
 func (c *cutTransport) blocked(to string) bool {
 	self, _ := c.self.Load().(string)
-	return c.p.blocked(self, strings.TrimSpace(to))
+	return c.drop(self, strings.TrimSpace(to))
 }
 
 func (c *cutTransport) WriteTo(b []byte, addr string) (time.Time, error) {

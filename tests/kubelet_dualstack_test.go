@@ -24,14 +24,7 @@ func TestKubeletDualStack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 6*time.Minute)
 	defer cancel()
 	c := newKubeletCluster(t, ctx, 3, "--pod-cidr", dsPodCIDR4.String()+","+dsPodCIDR6.String())
-	baseline := map[string]int{}
-	for _, n := range c.nodes {
-		st, err := ipamStatus(ctx, n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		baseline[n.Name] = st.Allocations
-	}
+	baseline := allocations(t, ctx, c.nodes)
 	for _, n := range c.nodes {
 		c.startNode(t, ctx, n)
 	}
@@ -97,16 +90,5 @@ func TestKubeletDualStack(t *testing.T) {
 	// Deleted pods give both their addresses back: one allocation holds
 	// both, so the count is back where it was.
 	deletePods(t, ctx, c.cs, pods)
-	poll(t, ctx, func() error {
-		for _, n := range c.nodes {
-			st, err := ipamStatus(ctx, n)
-			if err != nil {
-				return err
-			}
-			if st.Allocations != baseline[n.Name] {
-				return fmt.Errorf("%s holds %d addresses after its pods were deleted, %d before any pod", n.Name, st.Allocations, baseline[n.Name])
-			}
-		}
-		return nil
-	})
+	waitAllocations(t, ctx, c.nodes, baseline)
 }

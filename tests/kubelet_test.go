@@ -38,14 +38,7 @@ func TestKubelet(t *testing.T) {
 	c := newKubeletCluster(t, ctx, 3)
 	nodes, cs := c.nodes, c.cs
 	// What each daemon holds before any pod (its own addresses).
-	baseline := map[string]int{}
-	for _, n := range nodes {
-		st, err := ipamStatus(ctx, n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		baseline[n.Name] = st.Allocations
-	}
+	baseline := allocations(t, ctx, nodes)
 
 	// One node: Ready, pods Running with addresses, talking to each other.
 	c.startNode(t, ctx, nodes[0])
@@ -92,14 +85,35 @@ func TestKubelet(t *testing.T) {
 
 	// Deleted pods give their addresses back to weft.
 	deletePods(t, ctx, cs, all)
+	waitAllocations(t, ctx, nodes, baseline)
+}
+
+// allocations is how many addresses each node's daemon holds.
+func allocations(t *testing.T, ctx context.Context, nodes []*netlab.Node) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, n := range nodes {
+		st, err := ipamStatus(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[n.Name] = st.Allocations
+	}
+	return out
+}
+
+// waitAllocations waits until each node's daemon holds as many addresses
+// as in want, as before any pod once the pods are deleted.
+func waitAllocations(t *testing.T, ctx context.Context, nodes []*netlab.Node, want map[string]int) {
+	t.Helper()
 	poll(t, ctx, func() error {
 		for _, n := range nodes {
 			st, err := ipamStatus(ctx, n)
 			if err != nil {
 				return err
 			}
-			if st.Allocations != baseline[n.Name] {
-				return fmt.Errorf("%s holds %d addresses after its pods were deleted, %d before any pod", n.Name, st.Allocations, baseline[n.Name])
+			if st.Allocations != want[n.Name] {
+				return fmt.Errorf("%s holds %d addresses after its pods were deleted, %d before any pod", n.Name, st.Allocations, want[n.Name])
 			}
 		}
 		return nil
