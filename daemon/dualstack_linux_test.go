@@ -40,7 +40,7 @@ func TestSyncRoutesDualStackInNetns(t *testing.T) {
 		if err := syncRoutes(h, link.Attrs().Index, want); err != nil {
 			t.Fatalf("sync: %v", err)
 		}
-		got := listWeftRoutesAll(t, h)
+		got := listWeftRoutes(t, h)
 		if renderRoutes(got) != renderRoutes(want) {
 			t.Errorf("routes after sync:\n%swant:\n%s", renderRoutes(got), renderRoutes(want))
 		}
@@ -50,13 +50,13 @@ func TestSyncRoutesDualStackInNetns(t *testing.T) {
 		if err := syncRoutes(h, link.Attrs().Index, want); err != nil {
 			t.Fatalf("second sync: %v", err)
 		}
-		if got := listWeftRoutesAll(t, h); renderRoutes(got) != renderRoutes(want) {
+		if got := listWeftRoutes(t, h); renderRoutes(got) != renderRoutes(want) {
 			t.Errorf("routes after second sync:\n%swant:\n%s", renderRoutes(got), renderRoutes(want))
 		}
 		if err := syncRoutes(h, link.Attrs().Index, nil); err != nil {
 			t.Fatalf("sync to nothing: %v", err)
 		}
-		if got := listWeftRoutesAll(t, h); len(got) != 0 {
+		if got := listWeftRoutes(t, h); len(got) != 0 {
 			t.Errorf("routes left after sync to nothing: %v", got)
 		}
 		return nil
@@ -64,23 +64,6 @@ func TestSyncRoutesDualStackInNetns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-func listWeftRoutesAll(t *testing.T, h *netlink.Handle) []route {
-	t.Helper()
-	rs, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: routeProto, Table: unix.RT_TABLE_MAIN},
-		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []route
-	for _, nr := range rs {
-		if r, ok := routeFromNetlink(nr); ok {
-			out = append(out, r)
-		}
-	}
-	sortRoutes(out)
-	return out
 }
 
 // TestMasqueradeDualStackInNetns: one masquerade rule per family, kept as

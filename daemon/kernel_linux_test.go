@@ -96,9 +96,10 @@ func TestSyncRoutesInNetns(t *testing.T) {
 	}
 }
 
+// listWeftRoutes lists the routes weft owns, of both families.
 func listWeftRoutes(t *testing.T, h *netlink.Handle) []route {
 	t.Helper()
-	rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProto, Table: unix.RT_TABLE_MAIN},
+	rs, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: routeProto, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		t.Fatal(err)
