@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -32,10 +33,11 @@ type pmtuTarget struct {
 }
 
 // pmtuProber measures the path MTU to every target (see pmtu.go) with ICMP
-// echoes from a raw socket that sets Don't Fragment and ignores what the
-// kernel thinks the path MTU is (IP_PMTUDISC_PROBE), so the probes test the
-// path, not the routes. Run owns the searches; SetTargets and Results may
-// be called from any goroutine.
+// echoes (ICMPv6 to IPv6 tunnel addresses, in an IPv6-only cluster) from a
+// raw socket that sets Don't Fragment and ignores what the kernel thinks
+// the path MTU is (IP_PMTUDISC_PROBE), so the probes test the path, not
+// the routes. Run owns the searches; SetTargets and Results may be called
+// from any goroutine.
 type pmtuProber struct {
 	cfg      pmtuConfig
 	log      *slog.Logger
@@ -93,22 +95,32 @@ type pmtuSent struct {
 
 // Run probes until ctx ends.
 func (p *pmtuProber) Run(ctx context.Context) error {
-	conn, err := listenPMTU()
+	conn4, err := listenPMTU(pmtuIPv4)
 	if err != nil {
 		return err
+	}
+	// IPv6 peers (an IPv6-only cluster) are measured with ICMPv6 echoes;
+	// a host without IPv6 has no such peers.
+	conn6, err := listenPMTU(pmtuIPv6)
+	if err != nil {
+		p.log.Debug("no ICMPv6 socket for path MTU discovery; IPv6 peers are not measured", "err", err)
 	}
 	var idb [2]byte
 	rand.Read(idb[:])
 	id := int(binary.BigEndian.Uint16(idb[:]))
 	echoes := make(chan pmtuEcho, 64)
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		readPMTU(conn, id, echoes)
-	}()
+	conns := map[pmtuFamily]*net.IPConn{pmtuIPv4: conn4}
+	if conn6 != nil {
+		conns[pmtuIPv6] = conn6
+	}
+	for f, c := range conns {
+		wg.Go(func() { readPMTU(c, f, id, echoes) })
+	}
 	defer func() {
-		conn.Close()
+		for _, c := range conns {
+			c.Close()
+		}
 		wg.Wait()
 	}()
 
@@ -158,7 +170,12 @@ func (p *pmtuProber) Run(ctx context.Context) error {
 			for _, pr := range s.poll(now) {
 				seq = (seq + 1) & 0xffff
 				sent[seq] = pmtuSent{peer: name, addr: targets[name].Addr, round: pr.Round, size: pr.Size, at: now}
-				if err := sendPMTU(conn, id, seq, targets[name].Addr, pr.Size); err != nil {
+				dst := targets[name].Addr
+				conn := conns[familyOf(dst)]
+				if conn == nil {
+					continue
+				}
+				if err := sendPMTU(conn, familyOf(dst), id, seq, dst, pr.Size); err != nil {
 					p.log.Debug("path MTU probe not sent", "peer", name, "size", pr.Size, "err", err)
 				}
 			}
@@ -198,11 +215,37 @@ func (p *pmtuProber) publish(searches map[string]*pmtuSearch) {
 	}
 }
 
-// listenPMTU opens the raw ICMP socket of the probes.
-func listenPMTU() (*net.IPConn, error) {
-	c, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
+// pmtuFamily is what differs between the IPv4 and the IPv6 probes.
+type pmtuFamily struct {
+	network     string // of the raw socket
+	laddr       string // its local address
+	proto       int    // ICMP's IP protocol number, to parse replies
+	headers     int    // IP and ICMP headers: an echo of size bytes carries size-headers of data
+	ipHeader    int    // the IP header, which the socket strips from what it reads
+	echo, reply icmp.Type
+	level, opt  int // the socket option that sets Don't Fragment and ignores the kernel's path MTU
+	probe       int
+}
+
+var (
+	pmtuIPv4 = pmtuFamily{"ip4:icmp", "0.0.0.0", 1, 20 + 8, 20, ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply,
+		unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE}
+	pmtuIPv6 = pmtuFamily{"ip6:ipv6-icmp", "::", 58, 40 + 8, 40, ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply,
+		unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_PROBE}
+)
+
+func familyOf(a netip.Addr) pmtuFamily {
+	if a.Is4() {
+		return pmtuIPv4
+	}
+	return pmtuIPv6
+}
+
+// listenPMTU opens the raw ICMP socket of the probes of family f.
+func listenPMTU(f pmtuFamily) (*net.IPConn, error) {
+	c, err := net.ListenPacket(f.network, f.laddr)
 	if err != nil {
-		return nil, fmt.Errorf("open the ICMP socket of path MTU discovery (needs CAP_NET_RAW): %w", err)
+		return nil, fmt.Errorf("open the %s socket of path MTU discovery (needs CAP_NET_RAW): %w", f.network, err)
 	}
 	conn := c.(*net.IPConn)
 	rc, err := conn.SyscallConn()
@@ -212,7 +255,7 @@ func listenPMTU() (*net.IPConn, error) {
 	}
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE)
+		serr = unix.SetsockoptInt(int(fd), f.level, f.opt, f.probe)
 	}); err != nil {
 		serr = err
 	}
@@ -223,10 +266,10 @@ func listenPMTU() (*net.IPConn, error) {
 	return conn, nil
 }
 
-// sendPMTU sends an echo request whose IP packet is size bytes long.
-func sendPMTU(conn *net.IPConn, id, seq int, dst netip.Addr, size int) error {
-	const headers = 20 + 8 // IPv4, ICMP
-	msg, err := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: make([]byte, size-headers)}}).Marshal(nil)
+// sendPMTU sends an echo request whose IP packet is size bytes long. (The
+// kernel computes the ICMPv6 checksum.)
+func sendPMTU(conn *net.IPConn, f pmtuFamily, id, seq int, dst netip.Addr, size int) error {
+	msg, err := (&icmp.Message{Type: f.echo, Body: &icmp.Echo{ID: id, Seq: seq, Data: make([]byte, size-f.headers)}}).Marshal(nil)
 	if err != nil {
 		return err
 	}
@@ -235,7 +278,7 @@ func sendPMTU(conn *net.IPConn, id, seq int, dst netip.Addr, size int) error {
 }
 
 // readPMTU reads echo replies of identifier id until conn is closed.
-func readPMTU(conn *net.IPConn, id int, out chan<- pmtuEcho) {
+func readPMTU(conn *net.IPConn, f pmtuFamily, id int, out chan<- pmtuEcho) {
 	buf := make([]byte, 65536)
 	for {
 		n, from, err := conn.ReadFrom(buf)
@@ -245,8 +288,8 @@ func readPMTU(conn *net.IPConn, id int, out chan<- pmtuEcho) {
 			}
 			continue
 		}
-		m, err := icmp.ParseMessage(1, buf[:n])
-		if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
+		m, err := icmp.ParseMessage(f.proto, buf[:n])
+		if err != nil || m.Type != f.reply {
 			continue
 		}
 		e, ok := m.Body.(*icmp.Echo)
@@ -259,7 +302,7 @@ func readPMTU(conn *net.IPConn, id int, out chan<- pmtuEcho) {
 		}
 		addr, _ := netip.AddrFromSlice(ip.IP)
 		select {
-		case out <- pmtuEcho{from: addr.Unmap(), seq: e.Seq, size: n + 20}:
+		case out <- pmtuEcho{from: addr.Unmap(), seq: e.Seq, size: n + f.ipHeader}:
 		default: // the loop is busy; a lost echo is a lost probe
 		}
 	}
@@ -277,7 +320,7 @@ func (a *agent) syncPathMTU(v meshView, devPeers []wgtypes.Peer) error {
 	}
 	targets := map[string]pmtuTarget{}
 	for _, p := range v.Peers {
-		if p.TunnelAddr.IsValid() && p.TunnelAddr.Is4() {
+		if p.TunnelAddr.IsValid() {
 			targets[p.Name] = pmtuTarget{Addr: p.TunnelAddr, Path: endpoints[p.PublicKey] + " via " + p.RelayVia}
 		}
 	}
