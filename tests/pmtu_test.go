@@ -27,15 +27,22 @@ const wgOverheadIPv4 = 20 + 8 + 16 + 16
 // MTU. With the clamp, TCP bulk transfer between pods across the small
 // path completes; without it (--mss-clamp=false) the same transfer stalls
 // while pings still pass: the black hole the clamp removes.
+//
+// In an IPv6-only cluster the nodes measure with ICMPv6 echoes between
+// their IPv6 tunnel addresses, and the clamp keeps bulk TCP between IPv6
+// pods across the small path going.
 func TestPathMTUClamp(t *testing.T) {
 	for _, clamp := range []bool{true, false} {
 		t.Run(fmt.Sprintf("mss-clamp=%v", clamp), func(t *testing.T) {
 			testPathMTU(t, clamp)
 		})
 	}
+	t.Run("IPv6-only mss-clamp=true", func(t *testing.T) {
+		testPathMTU(t, true, "--pod-cidr", "fd10:41::/48")
+	})
 }
 
-func testPathMTU(t *testing.T, clamp bool) {
+func testPathMTU(t *testing.T, clamp bool, extra ...string) {
 	lab := newLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -49,7 +56,7 @@ func testPathMTU(t *testing.T, clamp bool) {
 		t.Fatal(err)
 	}
 	startAll(t, ctx, nodes, func(*netlab.Node) []string {
-		return seedArgs(n1, nodes, fmt.Sprintf("--mss-clamp=%v", clamp), "--metrics-addr", ":6782")
+		return seedArgs(n1, nodes, append([]string{fmt.Sprintf("--mss-clamp=%v", clamp), "--metrics-addr", ":6782"}, extra...)...)
 	})
 	waitMesh(t, ctx, nodes)
 
@@ -87,6 +94,9 @@ func testPathMTU(t *testing.T, clamp bool) {
 
 	pods := addPods(t, ctx, nodes, 1)
 	p1, p2, p3 := pods[0], pods[1], pods[2]
+	if len(extra) > 0 && !p3.IP().Is6() {
+		t.Fatalf("pod %s has %s, want an IPv6 address in an IPv6-only cluster", p3.Name, p3.IP())
+	}
 	for _, p := range []*netlab.Pod{p2, p3} {
 		poll(t, ctx, func() error {
 			_, err := p1.Ping(ctx, p.IP())
