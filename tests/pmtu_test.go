@@ -99,6 +99,9 @@ func testPathMTU(t *testing.T, clamp bool, extra ...string) {
 	}
 	for _, p := range []*netlab.Pod{p2, p3} {
 		poll(t, ctx, func() error {
+			if p.IP().Is6() {
+				return ping6(ctx, p1, p.IP())
+			}
 			_, err := p1.Ping(ctx, p.IP())
 			return err
 		})
