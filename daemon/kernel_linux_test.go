@@ -83,11 +83,18 @@ func TestSyncRoutesInNetns(t *testing.T) {
 		if !kept {
 			t.Error("a route weft does not own was removed")
 		}
+		// A reattached device's routes let its peers back at once.
+		if ok, err := hasRoutes(h, link.Attrs().Index); err != nil || !ok {
+			t.Errorf("hasRoutes with weft's routes in place: %v, %v; want true", ok, err)
+		}
 		if err := syncRoutes(h, link.Attrs().Index, nil); err != nil {
 			t.Fatalf("sync to nothing: %v", err)
 		}
 		if got := listWeftRoutes(t, h); len(got) != 0 {
 			t.Errorf("routes left after sync to nothing: %v", got)
+		}
+		if ok, err := hasRoutes(h, link.Attrs().Index); err != nil || ok {
+			t.Errorf("hasRoutes with no weft route: %v, %v; want false", ok, err)
 		}
 		return nil
 	})

@@ -296,8 +296,17 @@ func (a *agent) reconcile(mem endpointMemory) error {
 		}
 	}
 	// And no peers before this node has its tunnel address: without it
-	// there are no routes, so the same holds.
-	if cfgs := diffPeers(dev.Peers, v, mem); len(cfgs) > 0 && self.IsValid() {
+	// there are no routes, so the same holds. Unless the device still
+	// carries the routes of the daemon before (reattached after a kill -9):
+	// then the peers restored from the state directory go back at once,
+	// and traffic resumes before the address is claimed again.
+	peersOK := self.IsValid()
+	if !peersOK {
+		if peersOK, err = hasRoutes(a.nl, link.Attrs().Index); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if cfgs := diffPeers(dev.Peers, v, mem); len(cfgs) > 0 && peersOK {
 		if err := a.tun.Configure(wgtypes.Config{Peers: cfgs}); err != nil {
 			errs = append(errs, fmt.Errorf("configure tunnel peers: %w", err))
 		} else {

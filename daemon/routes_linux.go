@@ -94,3 +94,21 @@ func syncRoutes(h routeHandle, linkIndex int, want []route) error {
 	}
 	return errors.Join(errs...)
 }
+
+// hasRoutes reports whether weft routes through the link are in the main
+// table: a device reattached after the daemon before was killed still
+// carries that daemon's routes.
+func hasRoutes(h routeHandle, linkIndex int) (bool, error) {
+	have, err := h.RouteListFiltered(netlink.FAMILY_ALL,
+		&netlink.Route{Protocol: routeProto, Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return false, fmt.Errorf("list routes: %w", err)
+	}
+	for _, nr := range have {
+		if nr.LinkIndex == linkIndex {
+			return true, nil
+		}
+	}
+	return false, nil
+}
