@@ -14,13 +14,7 @@ import (
 // TestSyncRoutesDualStackInNetns: the kernel takes both families' routes
 // and guards, and a second sync finds nothing to change.
 func TestSyncRoutesDualStackInNetns(t *testing.T) {
-	n := throwawayNetns(t)
-	err := n.Do(func(ns.NetNS) error {
-		h, err := netlink.NewHandle()
-		if err != nil {
-			return err
-		}
-		defer h.Close()
+	inThrowawayNetns(t, func(n ns.NetNS, h *netlink.Handle) error {
 		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "weft"}, PeerName: "weftpeer"}); err != nil {
 			return err
 		}
@@ -61,9 +55,6 @@ func TestSyncRoutesDualStackInNetns(t *testing.T) {
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestMasqueradeDualStackInNetns: one masquerade rule per family, kept as

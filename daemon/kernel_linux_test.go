@@ -30,7 +30,10 @@ func throwawayNetns(t *testing.T) ns.NetNS {
 	return n
 }
 
-func TestSyncRoutesInNetns(t *testing.T) {
+// inThrowawayNetns runs fn in a new network namespace with a netlink
+// handle of it, and fails the test with fn's error.
+func inThrowawayNetns(t *testing.T, fn func(n ns.NetNS, h *netlink.Handle) error) {
+	t.Helper()
 	n := throwawayNetns(t)
 	err := n.Do(func(ns.NetNS) error {
 		h, err := netlink.NewHandle()
@@ -38,6 +41,15 @@ func TestSyncRoutesInNetns(t *testing.T) {
 			return err
 		}
 		defer h.Close()
+		return fn(n, h)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSyncRoutesInNetns(t *testing.T) {
+	inThrowawayNetns(t, func(n ns.NetNS, h *netlink.Handle) error {
 		// No dummy driver on every kernel: a veth stands in for the tunnel device.
 		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "weft"}, PeerName: "weftpeer"}); err != nil {
 			return err
@@ -98,9 +110,6 @@ func TestSyncRoutesInNetns(t *testing.T) {
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // listWeftRoutes lists the routes weft owns, of both families.

@@ -16,13 +16,7 @@ import (
 // MSS no larger than the clamp, on loopback whose MTU is 64 KiB; a second
 // sync changes nothing, and an empty rule set lifts the clamp.
 func TestMSSClampInNetns(t *testing.T) {
-	n := throwawayNetns(t)
-	err := n.Do(func(ns.NetNS) error {
-		h, err := netlink.NewHandle()
-		if err != nil {
-			return err
-		}
-		defer h.Close()
+	inThrowawayNetns(t, func(n ns.NetNS, h *netlink.Handle) error {
 		lo, err := h.LinkByName("lo")
 		if err != nil {
 			return err
@@ -66,9 +60,6 @@ func TestMSSClampInNetns(t *testing.T) {
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // negotiatedMSS connects to addr (a listener there is made) and returns

@@ -17,13 +17,7 @@ import (
 // and ICMPv6 echoes of up to 1300 bytes pass, larger ones cannot leave, so
 // both results land within the search's precision below 1300.
 func TestPMTUProberBothFamilies(t *testing.T) {
-	n := throwawayNetns(t)
-	err := n.Do(func(ns.NetNS) error {
-		h, err := netlink.NewHandle()
-		if err != nil {
-			return err
-		}
-		defer h.Close()
+	inThrowawayNetns(t, func(n ns.NetNS, h *netlink.Handle) error {
 		lo, err := h.LinkByName("lo")
 		if err != nil {
 			return err
@@ -77,7 +71,4 @@ func TestPMTUProberBothFamilies(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
