@@ -251,8 +251,11 @@ const (
 // NAT; the others either all see one endpoint (cone: that is the reflexive
 // endpoint, which peers behind another NAT can punch to) or not
 // (symmetric). One translated observer is enough for cone; it takes two to
-// tell symmetric.
-func natKind(own []netip.AddrPort, observed map[string]netip.AddrPort) (string, netip.AddrPort) {
+// tell symmetric. And once two told symmetric (prev), one observer alone
+// cannot make it cone again: while a peer's WireGuard has no endpoint for
+// this node yet (a relay or a handshake in between), its answers say
+// nothing, and the one left would flip a symmetric NAT to cone for a while.
+func natKind(own []netip.AddrPort, observed map[string]netip.AddrPort, prev string) (string, netip.AddrPort) {
 	if len(observed) == 0 {
 		return natUnknown, netip.AddrPort{}
 	}
@@ -271,6 +274,9 @@ func natKind(own []netip.AddrPort, observed map[string]netip.AddrPort) (string, 
 		if ap != seen[0] {
 			return natSymmetric, netip.AddrPort{}
 		}
+	}
+	if prev == natSymmetric && len(seen) < 2 {
+		return natSymmetric, netip.AddrPort{}
 	}
 	return natCone, seen[0]
 }

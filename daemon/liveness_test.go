@@ -188,19 +188,27 @@ func TestNATKind(t *testing.T) {
 	tests := []struct {
 		name     string
 		observed map[string]netip.AddrPort
+		prev     string
 		kind     string
 		refl     string
 	}{
-		{"nobody saw it yet", nil, natUnknown, ""},
-		{"seen at its own address", map[string]netip.AddrPort{"a": ap("172.30.1.1:6784")}, natNone, ""},
-		{"one public endpoint", map[string]netip.AddrPort{"a": ap("172.30.0.201:10001"), "b": ap("172.30.0.201:10001")}, natCone, "172.30.0.201:10001"},
+		{"nobody saw it yet", nil, "", natUnknown, ""},
+		{"seen at its own address", map[string]netip.AddrPort{"a": ap("172.30.1.1:6784")}, "", natNone, ""},
+		{"one public endpoint", map[string]netip.AddrPort{"a": ap("172.30.0.201:10001"), "b": ap("172.30.0.201:10001")}, "", natCone, "172.30.0.201:10001"},
+		{"one observer", map[string]netip.AddrPort{"a": ap("172.30.0.201:10001")}, "", natCone, "172.30.0.201:10001"},
 		{"siblings see the private one, the others one public", map[string]netip.AddrPort{
-			"sib": ap("172.30.1.1:6784"), "a": ap("172.30.0.201:10001"), "b": ap("172.30.0.201:10001")}, natCone, "172.30.0.201:10001"},
-		{"a port per peer", map[string]netip.AddrPort{"a": ap("172.30.0.201:41234"), "b": ap("172.30.0.201:52011")}, natSymmetric, ""},
+			"sib": ap("172.30.1.1:6784"), "a": ap("172.30.0.201:10001"), "b": ap("172.30.0.201:10001")}, "", natCone, "172.30.0.201:10001"},
+		{"a port per peer", map[string]netip.AddrPort{"a": ap("172.30.0.201:41234"), "b": ap("172.30.0.201:52011")}, "", natSymmetric, ""},
+		// A peer's WireGuard lost its endpoint for the node for a while: its
+		// answer says nothing, and the sibling sees the private one.
+		{"symmetric, one observer left", map[string]netip.AddrPort{
+			"sib": ap("172.30.1.1:6784"), "a": ap("172.30.0.201:41234"), "b": {}}, natSymmetric, natSymmetric, ""},
+		{"symmetric, then two observers agree", map[string]netip.AddrPort{
+			"a": ap("172.30.0.201:10001"), "b": ap("172.30.0.201:10001")}, natSymmetric, natCone, "172.30.0.201:10001"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			kind, refl := natKind(own, tt.observed)
+			kind, refl := natKind(own, tt.observed, tt.prev)
 			got := ""
 			if refl.IsValid() {
 				got = refl.String()

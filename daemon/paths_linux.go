@@ -161,9 +161,9 @@ func (a *agent) judgeNAT() bool {
 	if a.underlay.Addr.IsValid() {
 		own = append(own, netip.AddrPortFrom(a.underlay.Addr, uint16(a.cfg.WGPort)))
 	}
-	kind, refl := natKind(own, observed)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	kind, refl := natKind(own, observed, a.natKind)
 	if kind == a.natKind && refl == a.reflexive {
 		return false
 	}
