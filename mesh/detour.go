@@ -81,24 +81,29 @@ func (t *detourTransport) PacketCh() <-chan *memberlist.Packet { return t.packet
 func (t *detourTransport) StreamCh() <-chan net.Conn           { return t.streams }
 
 // target is where gossip for the member at addr goes round, if it does:
-// the address Detour gives, at the member's gossip port.
+// the address Detour gives, at the member's gossip port. It runs for every
+// message memberlist sends, so the common answer (no detour) comes first
+// and cheap.
 func (t *detourTransport) target(addr memberlist.Address) (netip.AddrPort, netip.Addr, *net.UDPConn, bool) {
-	if addr.Name == "" {
+	none := func() (netip.AddrPort, netip.Addr, *net.UDPConn, bool) {
 		return netip.AddrPort{}, netip.Addr{}, nil, false
 	}
-	gossip, err := netip.ParseAddrPort(addr.Addr)
-	if err != nil {
-		return netip.AddrPort{}, netip.Addr{}, nil, false
+	if addr.Name == "" {
+		return none()
+	}
+	to, ok := t.route(addr.Name)
+	if !ok || !to.IsValid() {
+		return none()
 	}
 	t.mu.Lock()
 	local, udp := t.local, t.udp
 	t.mu.Unlock()
-	if udp == nil {
-		return netip.AddrPort{}, netip.Addr{}, nil, false
+	if udp == nil || to.Is4() != local.Is4() {
+		return none()
 	}
-	to, ok := t.route(addr.Name)
-	if !ok || !to.IsValid() || to.Is4() != local.Is4() {
-		return netip.AddrPort{}, netip.Addr{}, nil, false
+	gossip, err := netip.ParseAddrPort(addr.Addr)
+	if err != nil {
+		return none()
 	}
 	return netip.AddrPortFrom(to, gossip.Port()), local, udp, true
 }
