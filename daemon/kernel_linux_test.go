@@ -10,7 +10,6 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // throwawayNetns gives a test a new network namespace, removed at the end.
@@ -115,8 +114,7 @@ func TestSyncRoutesInNetns(t *testing.T) {
 // listWeftRoutes lists the routes weft owns, of both families.
 func listWeftRoutes(t *testing.T, h *netlink.Handle) []route {
 	t.Helper()
-	rs, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: routeProto, Table: unix.RT_TABLE_MAIN},
-		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	rs, err := weftRoutes(h)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,11 +62,9 @@ func routeFromNetlink(nr netlink.Route) (route, bool) {
 // weft routes that are not wanted (or point at another link) and replaces
 // missing or different ones. Routes of other protocols are never touched.
 func syncRoutes(h routeHandle, linkIndex int, want []route) error {
-	have, err := h.RouteListFiltered(netlink.FAMILY_ALL,
-		&netlink.Route{Protocol: routeProto, Table: unix.RT_TABLE_MAIN},
-		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	have, err := weftRoutes(h)
 	if err != nil {
-		return fmt.Errorf("list routes: %w", err)
+		return err
 	}
 	wanted := make(map[route]bool, len(want))
 	for _, r := range want {
@@ -99,11 +97,9 @@ func syncRoutes(h routeHandle, linkIndex int, want []route) error {
 // table: a device reattached after the daemon before was killed still
 // carries that daemon's routes.
 func hasRoutes(h routeHandle, linkIndex int) (bool, error) {
-	have, err := h.RouteListFiltered(netlink.FAMILY_ALL,
-		&netlink.Route{Protocol: routeProto, Table: unix.RT_TABLE_MAIN},
-		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	have, err := weftRoutes(h)
 	if err != nil {
-		return false, fmt.Errorf("list routes: %w", err)
+		return false, err
 	}
 	for _, nr := range have {
 		if nr.LinkIndex == linkIndex {
@@ -111,4 +107,15 @@ func hasRoutes(h routeHandle, linkIndex int) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// weftRoutes lists weft's routes in the main table, of both families.
+func weftRoutes(h routeHandle) ([]netlink.Route, error) {
+	have, err := h.RouteListFiltered(netlink.FAMILY_ALL,
+		&netlink.Route{Protocol: routeProto, Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("list routes: %w", err)
+	}
+	return have, nil
 }
