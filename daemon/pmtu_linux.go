@@ -171,11 +171,12 @@ func (p *pmtuProber) Run(ctx context.Context) error {
 				seq = (seq + 1) & 0xffff
 				sent[seq] = pmtuSent{peer: name, addr: targets[name].Addr, round: pr.Round, size: pr.Size, at: now}
 				dst := targets[name].Addr
-				conn := conns[familyOf(dst)]
+				f := familyOf(dst)
+				conn := conns[f]
 				if conn == nil {
 					continue
 				}
-				if err := sendPMTU(conn, familyOf(dst), id, seq, dst, pr.Size); err != nil {
+				if err := sendPMTU(conn, f, id, seq, dst, pr.Size); err != nil {
 					p.log.Debug("path MTU probe not sent", "peer", name, "size", pr.Size, "err", err)
 				}
 			}
@@ -220,7 +221,6 @@ type pmtuFamily struct {
 	network     string // of the raw socket
 	laddr       string // its local address
 	proto       int    // ICMP's IP protocol number, to parse replies
-	headers     int    // IP and ICMP headers: an echo of size bytes carries size-headers of data
 	ipHeader    int    // the IP header, which the socket strips from what it reads
 	echo, reply icmp.Type
 	level, opt  int // the socket option that sets Don't Fragment and ignores the kernel's path MTU
@@ -228,9 +228,9 @@ type pmtuFamily struct {
 }
 
 var (
-	pmtuIPv4 = pmtuFamily{"ip4:icmp", "0.0.0.0", 1, 20 + 8, 20, ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply,
+	pmtuIPv4 = pmtuFamily{"ip4:icmp", "0.0.0.0", 1, 20, ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply,
 		unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE}
-	pmtuIPv6 = pmtuFamily{"ip6:ipv6-icmp", "::", 58, 40 + 8, 40, ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply,
+	pmtuIPv6 = pmtuFamily{"ip6:ipv6-icmp", "::", 58, 40, ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply,
 		unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_PROBE}
 )
 
@@ -269,7 +269,8 @@ func listenPMTU(f pmtuFamily) (*net.IPConn, error) {
 // sendPMTU sends an echo request whose IP packet is size bytes long. (The
 // kernel computes the ICMPv6 checksum.)
 func sendPMTU(conn *net.IPConn, f pmtuFamily, id, seq int, dst netip.Addr, size int) error {
-	msg, err := (&icmp.Message{Type: f.echo, Body: &icmp.Echo{ID: id, Seq: seq, Data: make([]byte, size-f.headers)}}).Marshal(nil)
+	const icmpHeader = 8
+	msg, err := (&icmp.Message{Type: f.echo, Body: &icmp.Echo{ID: id, Seq: seq, Data: make([]byte, size-f.ipHeader-icmpHeader)}}).Marshal(nil)
 	if err != nil {
 		return err
 	}
