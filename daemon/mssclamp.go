@@ -13,9 +13,9 @@ import (
 // its MSS option lowered to that path MTU minus the IP and TCP headers (40
 // bytes for IPv4, 60 for IPv6), so neither end ever sends a segment the
 // path drops. The path MTU is the room inside the tunnel, the same for
-// both families, so a dual-stack peer's IPv6 ranges are clamped too. Both directions are
-// clamped on each node, so one node's measurement protects a connection
-// even before the other node has its own.
+// both families, so a dual-stack peer's IPv6 ranges are clamped too. Both
+// directions are clamped on each node, so one node's measurement protects
+// a connection even before the other node has its own.
 //
 // The clamp covers TCP only. Routes keep the tunnel's MTU: the routes of
 // all peers are merged into as few prefixes as possible, and a per-peer
