@@ -2,16 +2,11 @@ package tests
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"net/netip"
-	"strconv"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/weftnet/weft/tests/kubenode"
 )
 
 // TestKubeletDualStack runs real kubelets and containerd on three nodes
@@ -62,30 +57,7 @@ func TestKubeletDualStack(t *testing.T) {
 
 	// Over IPv4 (the pods' first address) and IPv6, across nodes.
 	checkPodsTalk(t, ctx, pods)
-	began := time.Now()
-	for _, a := range pods {
-		for _, b := range pods {
-			if a == b {
-				continue
-			}
-			dst := ip6[b.Name]
-			poll(t, ctx, func() error {
-				if _, err := askAgent(ctx, a, "/ping?ip="+dst.String()); err != nil {
-					return fmt.Errorf("ping %s (%s) -> %s (%s) over IPv6: %w", a.Name, a.Node.Name, b.Name, b.Node.Name, err)
-				}
-				url := "http://" + net.JoinHostPort(dst.String(), strconv.Itoa(kubenode.AgentPort)) + "/whoami"
-				body, err := askAgent(ctx, a, "/get?url="+url)
-				if err != nil {
-					return fmt.Errorf("GET %s (%s) -> %s over IPv6: %w", a.Name, a.Node.Name, url, err)
-				}
-				if want := b.Name + " "; len(body) < len(want) || body[:len(want)] != want {
-					return fmt.Errorf("GET %s from %s answered %q, want %s's name", url, a.Name, body, b.Name)
-				}
-				return nil
-			})
-		}
-	}
-	t.Logf("%d pods: all pairs ping and GET each other over IPv6 (%v)", len(pods), time.Since(began).Round(time.Millisecond))
+	checkPodsTalkAt(t, ctx, pods, " over IPv6", func(p agentPod) netip.Addr { return ip6[p.Name] })
 
 	// Deleted pods give both their addresses back: one allocation holds
 	// both, so the count is back where it was.

@@ -327,20 +327,28 @@ func waitingReason(pod *corev1.Pod) string {
 // checkPodsTalk asks every pod's agent to ping and GET every other pod.
 func checkPodsTalk(t *testing.T, ctx context.Context, pods []agentPod) {
 	t.Helper()
+	checkPodsTalkAt(t, ctx, pods, "", func(p agentPod) netip.Addr { return p.IP })
+}
+
+// checkPodsTalkAt is checkPodsTalk to the address addr gives of each pod
+// (over says which, for the messages: " over IPv6").
+func checkPodsTalkAt(t *testing.T, ctx context.Context, pods []agentPod, over string, addr func(agentPod) netip.Addr) {
+	t.Helper()
 	began := time.Now()
 	for _, a := range pods {
 		for _, b := range pods {
 			if a == b {
 				continue
 			}
+			dst := addr(b)
 			poll(t, ctx, func() error {
-				if _, err := askAgent(ctx, a, "/ping?ip="+b.IP.String()); err != nil {
-					return fmt.Errorf("ping %s (%s) -> %s (%s): %w", a.Name, a.Node.Name, b.Name, b.Node.Name, err)
+				if _, err := askAgent(ctx, a, "/ping?ip="+dst.String()); err != nil {
+					return fmt.Errorf("ping %s (%s) -> %s (%s)%s: %w", a.Name, a.Node.Name, b.Name, b.Node.Name, over, err)
 				}
-				url := "http://" + net.JoinHostPort(b.IP.String(), strconv.Itoa(kubenode.AgentPort)) + "/whoami"
+				url := "http://" + net.JoinHostPort(dst.String(), strconv.Itoa(kubenode.AgentPort)) + "/whoami"
 				body, err := askAgent(ctx, a, "/get?url="+url)
 				if err != nil {
-					return fmt.Errorf("GET %s (%s) -> %s (%s): %w", a.Name, a.Node.Name, b.Name, b.Node.Name, err)
+					return fmt.Errorf("GET %s (%s) -> %s (%s)%s: %w", a.Name, a.Node.Name, b.Name, b.Node.Name, over, err)
 				}
 				if want := b.Name + " "; len(body) < len(want) || body[:len(want)] != want {
 					return fmt.Errorf("GET %s from %s answered %q, want %s's name", url, a.Name, body, b.Name)
@@ -349,7 +357,7 @@ func checkPodsTalk(t *testing.T, ctx context.Context, pods []agentPod) {
 			})
 		}
 	}
-	t.Logf("%d pods: all pairs ping and GET each other (%v)", len(pods), time.Since(began).Round(time.Millisecond))
+	t.Logf("%d pods: all pairs ping and GET each other%s (%v)", len(pods), over, time.Since(began).Round(time.Millisecond))
 }
 
 // stayReady checks every Node stays Ready, without a transition, until
