@@ -515,6 +515,15 @@ func (m *Mesh) Members() []Peer {
 	return out
 }
 
+// Member returns the alive peer of that name with readable metadata, as
+// Members would list it.
+func (m *Mesh) Member(name string) (Peer, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, ok := m.peers[name]
+	return p, ok
+}
+
 // Local returns this node as its peers see it.
 func (m *Mesh) Local() Peer {
 	m.mu.Lock()
