@@ -57,6 +57,7 @@ type agent struct {
 	pmtu     *pmtuProber // path MTU of every peer
 	probes   *pathProber // liveness of every direct path
 	relays   *relaySignaller
+	direct   directKeys // MAC keys of direct messages (directmsg.go)
 	metrics  *metrics
 	// detours are the tunnel addresses of the peers behind NAT, where
 	// gossip to them goes (gossipDetour); read by memberlist's goroutines
@@ -310,7 +311,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 	if seed == nil && kubeGenesis != nil {
 		seed = kubeGenesis
 	}
-	bridge := &meshBridge{}
+	bridge := &meshBridge{seal: a.sealDirect}
 	a.bridge = bridge
 	a.alloc, err = ipalloc.New(ipalloc.Config{
 		Self:      cfg.NodeName,
@@ -348,7 +349,7 @@ func (a *agent) setup(ctx context.Context, g *errgroup.Group) error {
 		Broadcast: func(b []byte) { a.mesh.Broadcast(b) }, Direct: a.signalDirect, Log: a.log.With("part", "relay"),
 	})
 	a.probes.onSignal = a.relays.receive
-	mcfg.Delegate = allocDelegate{a.alloc, a.relays, a.log, a.handleKeyMsg}
+	mcfg.Delegate = allocDelegate{alloc: a.alloc, relays: a.relays, log: a.log, key: a.handleKeyMsg, open: a.openDirect, refusals: &refusalLog{}}
 	mcfg.Detour = a.gossipDetour
 	if a.mesh, err = mesh.New(mcfg); err != nil {
 		return err

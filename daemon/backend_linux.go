@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sort"
+	"sync"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -363,10 +364,20 @@ func (a *agent) peersStatus() (PeersStatus, error) {
 }
 
 // Allocator messages on the mesh carry a one-byte tag: a ring delta sent to
-// everyone, or a message of the donation protocol sent to one peer.
+// everyone, or a message of the donation protocol sent to one peer (signed,
+// directmsg.go).
 const (
 	tagRingDelta byte = 'R'
-	tagAllocMsg  byte = 'M'
+	tagAllocMsg  byte = 'm'
+)
+
+// Tags of the direct messages of a weft from before they were signed
+// ('M' for the allocator, 'A' and 'S' for key rotation): refused with
+// advice to upgrade that node.
+const (
+	tagUnsignedAllocMsg    byte = 'M'
+	tagUnsignedKeyAck      byte = 'A'
+	tagUnsignedKeySwitched byte = 'S'
 )
 
 // allocDelegate hands the allocator's ring to the gossip.
@@ -376,6 +387,47 @@ type allocDelegate struct {
 	log    *slog.Logger
 	// key takes the key rotation messages (tagKeyAck, tagKeySwitched).
 	key func(from string, tag byte, payload []byte) error
+	// open checks the MAC of a direct message (tag, body, MAC) from the
+	// member from and returns its body (directmsg.go).
+	open func(from string, msg []byte) ([]byte, error)
+	// refusals paces the log of refused direct messages.
+	refusals *refusalLog
+}
+
+// refusalLog logs refused messages once a minute per peer, with how many
+// were refused meanwhile, so a peer that speaks garbage cannot flood the
+// log.
+type refusalLog struct {
+	mu    sync.Mutex
+	peers map[string]*refusalCount
+}
+
+type refusalCount struct {
+	last time.Time
+	n    int
+}
+
+func (r *refusalLog) log(log *slog.Logger, peer string, err error) {
+	r.mu.Lock()
+	if r.peers == nil || len(r.peers) > 4096 {
+		r.peers = map[string]*refusalCount{}
+	}
+	c := r.peers[peer]
+	if c == nil {
+		c = &refusalCount{}
+		r.peers[peer] = c
+	}
+	c.n++
+	now := time.Now()
+	due := now.Sub(c.last) >= time.Minute
+	n := c.n
+	if due {
+		c.last, c.n = now, 0
+	}
+	r.mu.Unlock()
+	if due {
+		log.Warn("direct message refused", "peer", peer, "err", err, "refused-since-last-report", n)
+	}
 }
 
 func (d allocDelegate) LocalState() []byte { return d.alloc.LocalState() }
@@ -392,16 +444,24 @@ func (d allocDelegate) NotifyMsg(from string, msg []byte) {
 	}
 	var err error
 	switch msg[0] {
+	case tagAllocMsg, tagKeyAck, tagKeySwitched:
+		// Direct messages: the sender's name is proven by the MAC.
+		var body []byte
+		if body, err = d.open(from, msg); err != nil {
+			d.refusals.log(d.log, from, err)
+			return
+		}
+		if msg[0] == tagAllocMsg {
+			err = d.alloc.HandleMessage(from, body)
+		} else if d.key != nil {
+			err = d.key(from, msg[0], body)
+		}
+	case tagUnsignedAllocMsg, tagUnsignedKeyAck, tagUnsignedKeySwitched:
+		err = errors.New("an unsigned direct message, from a weft older than this one: upgrade that node")
 	case tagRingDelta:
 		err = d.alloc.MergeRemote(msg[1:])
-	case tagAllocMsg:
-		err = d.alloc.HandleMessage(from, msg[1:])
 	case tagRelaySignal:
 		d.relays.receive(from, msg[1:])
-	case tagKeyAck, tagKeySwitched:
-		if d.key != nil {
-			err = d.key(from, msg[0], msg[1:])
-		}
 	default:
 		err = fmt.Errorf("unknown message tag %#x", msg[0])
 	}

@@ -13,12 +13,12 @@ import (
 )
 
 // Key rotation messages between nodes, sent directly (mesh.SendTo) with a
-// one-byte tag and a 32-byte public key.
+// one-byte tag and a 32-byte public key, signed (directmsg.go).
 const (
 	// tagKeyAck: "I accept this key as your next one" (peer → rotating node).
-	tagKeyAck byte = 'A'
+	tagKeyAck byte = 'a'
 	// tagKeySwitched: "I use this key now" (rotating node → every peer).
-	tagKeySwitched byte = 'S'
+	tagKeySwitched byte = 's'
 )
 
 // ackRepeat is how often a peer repeats its ack while a next key is
@@ -116,9 +116,15 @@ func (a *agent) handleKeyMsg(from string, tag byte, payload []byte) error {
 
 // send queues a direct message; it never blocks (a full queue drops it:
 // acks are repeated, and a lost switch notice is caught up by gossip).
+// Callers do not hold a.mu.
 func (a *agent) send(to string, tag byte, payload []byte) {
+	msg, err := a.sealDirect(to, tag, payload)
+	if err != nil {
+		a.log.Debug("direct message not sent", "peer", to, "err", err)
+		return
+	}
 	select {
-	case a.out <- outMsg{to: to, msg: append([]byte{tag}, payload...)}:
+	case a.out <- outMsg{to: to, msg: msg}:
 	default:
 		a.log.Debug("direct message queue full; dropped", "peer", to)
 	}

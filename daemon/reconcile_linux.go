@@ -407,6 +407,8 @@ func (a *agent) ensureLink(link netlink.Link, self, probe, self6 netip.Addr) err
 // set once, before anything runs.
 type meshBridge struct {
 	m *mesh.Mesh
+	// seal signs a direct message to a member (agent.sealDirect).
+	seal func(to string, tag byte, body []byte) ([]byte, error)
 
 	mu      sync.Mutex
 	refused map[string]bool // members refused as a whole (vetPeer): not live peers of the allocator
@@ -420,7 +422,11 @@ func (b *meshBridge) setRefused(names map[string]bool) {
 }
 
 func (b *meshBridge) Send(_ context.Context, peer string, msg []byte) error {
-	return b.m.SendTo(peer, append([]byte{tagAllocMsg}, msg...))
+	sealed, err := b.seal(peer, tagAllocMsg, msg)
+	if err != nil {
+		return fmt.Errorf("send to %s: %w", peer, err)
+	}
+	return b.m.SendTo(peer, sealed)
 }
 
 func (b *meshBridge) broadcast(delta []byte) { b.m.Broadcast(append([]byte{tagRingDelta}, delta...)) }

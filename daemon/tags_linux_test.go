@@ -8,7 +8,9 @@ func TestMessageTagsDistinct(t *testing.T) {
 	tags := map[string]byte{
 		"ring delta": tagRingDelta, "alloc message": tagAllocMsg,
 		"key ack": tagKeyAck, "key switched": tagKeySwitched,
-		"relay signal": tagRelaySignal,
+		"relay signal":           tagRelaySignal,
+		"unsigned alloc message": tagUnsignedAllocMsg, "unsigned key ack": tagUnsignedKeyAck,
+		"unsigned key switched": tagUnsignedKeySwitched,
 	}
 	seen := map[byte]string{}
 	for name, tag := range tags {
