@@ -4,6 +4,7 @@ package tests
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"net/netip"
 	"os"
@@ -57,20 +58,47 @@ func rogueHelper() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	if os.Getenv("WEFT_ROGUE_FORGE") != "" {
+		go forgeRequests(ctx, m)
+	}
 	if err := m.Run(ctx); err != nil {
 		fail(err)
+	}
+}
+
+// forgeRequests asks every member for address space twice a second, with
+// a MAC that no key the rogue announces made: a weft direct message ('m',
+// the allocator's tag, then the donation request, then 16 bytes of MAC).
+func forgeRequests(ctx context.Context, m *mesh.Mesh) {
+	msg := append([]byte{'m'}, `{"v":1,"t":"donate?","id":1}`...)
+	msg = append(msg, make([]byte, 16)...)
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if _, err := rand.Read(msg[len(msg)-16:]); err != nil {
+			return
+		}
+		for _, p := range m.Members() {
+			_ = m.SendTo(p.Name, msg)
+		}
 	}
 }
 
 // startRogue runs rogueHelper as member name on host, joining at seed with
 // the secret in secretFile; it is stopped when the test ends. The function
 // it returns fails the test if the helper has exited.
-func startRogue(t *testing.T, ctx context.Context, host *netlab.Node, name, seed, secretFile, tunnelAddr string) func() {
+func startRogue(t *testing.T, ctx context.Context, host *netlab.Node, name, seed, secretFile, tunnelAddr string, env ...string) func() {
 	t.Helper()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "WEFT_LAB_HELPER=rogue", "WEFT_ROGUE_NAME="+name,
 		"WEFT_ROGUE_BIND="+host.Addr.String(), "WEFT_ROGUE_SEED="+seed,
 		"WEFT_ROGUE_SECRET="+secretFile, "WEFT_ROGUE_TUNNEL_ADDR="+tunnelAddr)
+	cmd.Env = append(cmd.Env, env...)
 	out := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = out, out
 	p, err := host.StartCmd(cmd)
@@ -176,6 +204,31 @@ func TestPeerClaimsRefused(t *testing.T) {
 			})
 		})
 	}
+
+	// A member whose messages are not signed by the key it announces (one
+	// that writes another node's name on them is the same to the
+	// addressee) is refused: every node logs it and donates nothing.
+	t.Run("requests not signed by the sender's key", func(t *testing.T) {
+		name := "forger"
+		running := startRogue(t, ctx, rogueNode[0], name, nodes[0].Addr.String(), rogueNode[0].SecretFile(), free.String(), "WEFT_ROGUE_FORGE=1")
+		poll(t, ctx, func() error {
+			running()
+			for _, n := range nodes {
+				if !logged(n, "direct message refused", "peer="+name, "bad MAC") {
+					return fmt.Errorf("%s has not logged refusing the requests of %s", n.Name, name)
+				}
+			}
+			return nil
+		})
+		for _, n := range nodes {
+			if logged(n, "donated addresses", "peer="+name) {
+				t.Errorf("%s donated addresses to %s on a request it did not sign", n.Name, name)
+			}
+		}
+		if _, err := client.Ping(ctx, victim.IP()); err != nil {
+			t.Errorf("client cannot reach the victim pod while %s sends forged requests: %v", name, err)
+		}
+	})
 }
 
 // logged reports whether one line of n's daemon log holds every part.
