@@ -457,7 +457,8 @@ func (d allocDelegate) NotifyMsg(from string, msg []byte) {
 			err = d.key(from, msg[0], body)
 		}
 	case tagUnsignedAllocMsg, tagUnsignedKeyAck, tagUnsignedKeySwitched:
-		err = errors.New("an unsigned direct message, from a weft older than this one: upgrade that node")
+		d.refusals.log(d.log, from, errors.New("an unsigned direct message, from a weft older than this one: upgrade that node"))
+		return
 	case tagRingDelta:
 		err = d.alloc.MergeRemote(msg[1:])
 	case tagRelaySignal:

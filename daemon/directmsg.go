@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"sync"
 
-	"golang.org/x/crypto/curve25519"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -43,11 +42,10 @@ func (d *directKeys) key(priv, pub wgtypes.Key) ([32]byte, error) {
 	if k, ok := d.cache[[2]wgtypes.Key{priv, pub}]; ok {
 		return k, nil
 	}
-	shared, err := curve25519.X25519(priv[:], pub[:])
+	k, err := pairKey("weft direct messages v1\x00", priv, pub)
 	if err != nil {
-		return [32]byte{}, fmt.Errorf("direct message key: %w", err)
+		return k, fmt.Errorf("direct message key: %w", err)
 	}
-	k := sha256.Sum256(append([]byte("weft direct messages v1\x00"), shared...))
 	if d.cache == nil || len(d.cache) > 4096 {
 		d.cache = map[[2]wgtypes.Key][32]byte{}
 	}

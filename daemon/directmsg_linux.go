@@ -33,19 +33,12 @@ func (a *agent) directPeerKeys(name string) ([]wgtypes.Key, error) {
 		return nil, fmt.Errorf("%s is no live member", name)
 	}
 	cur, next := wgtypes.Key(m.Meta.PublicKey), wgtypes.Key(m.Meta.NextPublicKey)
-	if a.nodes != nil {
-		if pinned, ok := a.nodes.PublicKey(name); ok {
-			pinNext, _ := a.nodes.NextPublicKey(name)
-			if !pinAccepts(pinned, pinNext, cur) {
-				return nil, fmt.Errorf("%s announces public key %s, but its Node carries %s", name, shortKey(cur.String()), shortKey(pinned))
-			}
-			if next != zero && !pinAccepts(pinned, pinNext, next) {
-				next = zero
-			}
-		}
+	why, nextRefused := a.checkPin(name, cur, next)
+	if why != "" {
+		return nil, fmt.Errorf("%s %s", name, why)
 	}
 	keys := []wgtypes.Key{cur}
-	if next != zero {
+	if next != zero && !nextRefused {
 		keys = append(keys, next)
 	}
 	return keys, nil

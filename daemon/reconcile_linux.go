@@ -142,6 +142,27 @@ func (a *agent) foldPeers(members []mesh.Peer, ranges map[string][]netip.Prefix,
 // that gave it arrives, so for a moment the ring may still name the donor.
 const refusalGrace = 5 * time.Second
 
+// checkPin holds the keys a member announces against its Node, with
+// Kubernetes: the key the Node carries, or the one it announces as next
+// while its node rotates (weft.dev/next-public-key). why says why the
+// member's key is refused ("" when it is not); nextRefused is set when its
+// announced next key is not the Node's. Without Kubernetes nothing is
+// pinned.
+func (a *agent) checkPin(name string, cur, next wgtypes.Key) (why string, nextRefused bool) {
+	if a.nodes == nil {
+		return "", false
+	}
+	pinned, ok := a.nodes.PublicKey(name)
+	if !ok {
+		return "", false
+	}
+	pinNext, _ := a.nodes.NextPublicKey(name)
+	if !pinAccepts(pinned, pinNext, cur) {
+		why = fmt.Sprintf("announces public key %s, but its Node carries %s", shortKey(cur.String()), shortKey(pinned))
+	}
+	return why, next != (wgtypes.Key{}) && !pinAccepts(pinned, pinNext, next)
+}
+
 // vetPeer accepts of what a peer announces only what it may claim. With
 // Kubernetes, its public key must be the one its Node carries (when the
 // Node has one): otherwise the peer gets no tunnel at all. Its tunnel
@@ -150,19 +171,8 @@ const refusalGrace = 5 * time.Second
 // refusal is logged once it has lasted refusalGrace (a node that changed
 // its key republishes it on its Node within seconds). Callers hold a.mu.
 func (a *agent) vetPeer(kp *knownPeer, ranges map[string][]netip.Prefix, now time.Time) {
-	kp.KeyRefused, kp.NextRefused = false, false
-	why := ""
-	if a.nodes != nil {
-		// The pin: the key the Node carries, or the one it announces as
-		// next while its node rotates (weft.dev/next-public-key).
-		pinned, ok := a.nodes.PublicKey(kp.Name)
-		next, _ := a.nodes.NextPublicKey(kp.Name)
-		if ok && !pinAccepts(pinned, next, kp.PublicKey) {
-			why = fmt.Sprintf("announces public key %s, but its Node carries %s", shortKey(kp.PublicKey.String()), shortKey(pinned))
-			kp.KeyRefused = true
-		}
-		kp.NextRefused = ok && kp.NextKey != (wgtypes.Key{}) && !pinAccepts(pinned, next, kp.NextKey)
-	}
+	why, nextRefused := a.checkPin(kp.Name, kp.PublicKey, kp.NextKey)
+	kp.KeyRefused, kp.NextRefused = why != "", nextRefused
 	if _, ok := a.presharedKey(kp.Secrets); !ok && why == "" {
 		why = "holds none of this node's cluster secrets (the secret overlap ended before it got the new one)"
 		kp.KeyRefused = true

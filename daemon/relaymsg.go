@@ -169,9 +169,19 @@ func relayMAC(key [32]byte, from string, body []byte) []byte {
 // relayMACKey is the key of the messages between the holder of priv and
 // the node whose public key is pub: the same on both ends.
 func relayMACKey(priv, pub wgtypes.Key) ([32]byte, error) {
+	k, err := pairKey("weft relay signalling v1\x00", priv, pub)
+	if err != nil {
+		return k, fmt.Errorf("relay message key: %w", err)
+	}
+	return k, nil
+}
+
+// pairKey is a key that the holder of priv and the node whose public key
+// is pub derive alike: SHA-256 of label and their static X25519 secret.
+func pairKey(label string, priv, pub wgtypes.Key) ([32]byte, error) {
 	shared, err := curve25519.X25519(priv[:], pub[:])
 	if err != nil {
-		return [32]byte{}, fmt.Errorf("relay message key: %w", err)
+		return [32]byte{}, err
 	}
-	return sha256.Sum256(append([]byte("weft relay signalling v1\x00"), shared...)), nil
+	return sha256.Sum256(append([]byte(label), shared...)), nil
 }
