@@ -22,6 +22,12 @@ import (
 // where wgctrl and wg(8) look for them.
 const uapiSocketDir = "/var/run/wireguard"
 
+// tunBatchingEnv, set to "off", makes a userspace tunnel read and write its
+// TUN with wireguard-go's own code instead of weft's batchTUN: a way back if
+// a kernel's TUN misbehaves with it, and the baseline of the data-path
+// benchmark.
+const tunBatchingEnv = "WEFT_TUN_BATCHING"
+
 // OpenTunnel brings up the WireGuard interface cfg.Name, sets its private
 // key, listen port and MTU, and sets it up.
 //
@@ -167,7 +173,11 @@ func openUserspace(cfg TunnelConfig, existed bool) (_ *Tunnel, err error) {
 	}
 
 	u := &Tunnel{name: cfg.Name, mode: ModeUserspace, tunFile: tunDev.(interface{ File() *os.File }).File()}
-	u.dev = device.NewDevice(tunDev, conn.NewDefaultBind(), deviceLogger(cfg.Logger))
+	dataTUN := tunDev
+	if offloads && os.Getenv(tunBatchingEnv) != "off" {
+		dataTUN = newBatchTUN(tunDev)
+	}
+	u.dev = device.NewDevice(dataTUN, conn.NewDefaultBind(), deviceLogger(cfg.Logger))
 	defer func() {
 		if err != nil {
 			u.Close()
@@ -205,7 +215,7 @@ func openUserspace(cfg TunnelConfig, existed bool) (_ *Tunnel, err error) {
 	if err := u.dev.Up(); err != nil {
 		return nil, fmt.Errorf("start WireGuard on %s: %w", cfg.Name, err)
 	}
-	cfg.Logger.Info("userspace WireGuard running", "iface", cfg.Name, "offloads", offloads, "reattached", existed, "handed-over", cfg.Handover != nil)
+	cfg.Logger.Info("userspace WireGuard running", "iface", cfg.Name, "offloads", offloads, "tun-batching", dataTUN != tunDev, "reattached", existed, "handed-over", cfg.Handover != nil)
 	return u, nil
 }
 
