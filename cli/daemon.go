@@ -69,6 +69,7 @@ enforce NetworkPolicy. Every flag can also be set with WEFT_<FLAG> (upper case,
 	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory for the WireGuard key and allocator state")
 	f.StringVar(&cfg.RunDir, "run-dir", cfg.RunDir, "directory for the local API socket weft.sock")
 	f.StringVar(&cfg.WGMode, "wg-mode", cfg.WGMode, "WireGuard implementation: auto, kernel or userspace")
+	f.StringVar(&cfg.UserspaceIO, "userspace-io", cfg.UserspaceIO, "userspace WireGuard's reads and writes of the TUN and UDP sockets: weft (without copying packets in user space) or wireguard-go (its own code, slower)")
 	f.StringVar(&cfg.Iface, "iface", cfg.Iface, "name of the tunnel device")
 	f.IntVar(&cfg.GossipPort, "gossip-port", cfg.GossipPort, "TCP and UDP port of the gossip")
 	f.IntVar(&cfg.WGPort, "wg-port", cfg.WGPort, "UDP port of WireGuard")

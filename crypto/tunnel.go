@@ -89,6 +89,12 @@ type TunnelConfig struct {
 	// Logger receives the tunnel's own logs and, in userspace mode, those of
 	// wireguard-go (its verbose lines at Debug). Default slog.Default().
 	Logger *slog.Logger
+	// WireGuardGoIO makes a userspace tunnel read and write its TUN and UDP
+	// sockets with wireguard-go's own code rather than weft's batchTUN and
+	// batchBind (tunbatch_linux.go, bind_linux.go): a way back should a
+	// kernel misbehave with them, and the baseline of the data-path
+	// benchmark.
+	WireGuardGoIO bool
 	// Handover, when set, is a live userspace tunnel another process passed
 	// to this one (Tunnel.Detach there): the device runs on its TUN file and
 	// starts with its peers, instead of reattaching by name. OpenTunnel owns

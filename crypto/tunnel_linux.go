@@ -22,12 +22,6 @@ import (
 // where wgctrl and wg(8) look for them.
 const uapiSocketDir = "/var/run/wireguard"
 
-// tunBatchingEnv, set to "off", makes a userspace tunnel read and write its
-// TUN with wireguard-go's own code instead of weft's batchTUN: a way back if
-// a kernel's TUN misbehaves with it, and the baseline of the data-path
-// benchmark.
-const tunBatchingEnv = "WEFT_TUN_BATCHING"
-
 // OpenTunnel brings up the WireGuard interface cfg.Name, sets its private
 // key, listen port and MTU, and sets it up.
 //
@@ -173,11 +167,11 @@ func openUserspace(cfg TunnelConfig, existed bool) (_ *Tunnel, err error) {
 	}
 
 	u := &Tunnel{name: cfg.Name, mode: ModeUserspace, tunFile: tunDev.(interface{ File() *os.File }).File()}
-	dataTUN := tunDev
-	if offloads && os.Getenv(tunBatchingEnv) != "off" {
-		dataTUN = newBatchTUN(tunDev)
+	dataTUN, bind := tunDev, conn.NewDefaultBind()
+	if offloads && !cfg.WireGuardGoIO {
+		dataTUN, bind = newBatchTUN(tunDev), newBatchBind(cfg.Logger)
 	}
-	u.dev = device.NewDevice(dataTUN, conn.NewDefaultBind(), deviceLogger(cfg.Logger))
+	u.dev = device.NewDevice(dataTUN, bind, deviceLogger(cfg.Logger))
 	defer func() {
 		if err != nil {
 			u.Close()
@@ -215,7 +209,7 @@ func openUserspace(cfg TunnelConfig, existed bool) (_ *Tunnel, err error) {
 	if err := u.dev.Up(); err != nil {
 		return nil, fmt.Errorf("start WireGuard on %s: %w", cfg.Name, err)
 	}
-	cfg.Logger.Info("userspace WireGuard running", "iface", cfg.Name, "offloads", offloads, "tun-batching", dataTUN != tunDev, "reattached", existed, "handed-over", cfg.Handover != nil)
+	cfg.Logger.Info("userspace WireGuard running", "iface", cfg.Name, "offloads", offloads, "io", map[bool]string{true: "weft", false: "wireguard-go"}[dataTUN != tunDev], "reattached", existed, "handed-over", cfg.Handover != nil)
 	return u, nil
 }
 

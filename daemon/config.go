@@ -25,6 +25,7 @@ type Config struct {
 	StateDir          string        // --state-dir; default /var/lib/weft
 	RunDir            string        // --run-dir; default /run/weft (API socket RUN_DIR/weft.sock)
 	WGMode            string        // --wg-mode auto|kernel|userspace
+	UserspaceIO       string        // --userspace-io weft|wireguard-go: whose code reads and writes the userspace tunnel's TUN and UDP sockets (crypto.TunnelConfig.WireGuardGoIO)
 	Iface             string        // --iface; default weft
 	GossipPort        int           // --gossip-port; default 6783
 	WGPort            int           // --wg-port; default 6784
@@ -92,6 +93,7 @@ func DefaultConfig() Config {
 		StateDir:       DefaultStateDir,
 		RunDir:         DefaultRunDir,
 		WGMode:         "auto",
+		UserspaceIO:    "weft",
 		Iface:          DefaultIface,
 		GossipPort:     DefaultGossipPort,
 		WGPort:         DefaultWGPort,
@@ -112,6 +114,9 @@ func (c Config) SocketPath() string { return filepath.Join(c.RunDir, SocketName)
 
 // Validate reports the first thing wrong with c, in words an operator can act on.
 func (c Config) Validate() error {
+	if c.UserspaceIO != "weft" && c.UserspaceIO != "wireguard-go" {
+		return fmt.Errorf("--userspace-io %q: want weft or wireguard-go", c.UserspaceIO)
+	}
 	switch c.WGMode {
 	case "auto", "kernel", "userspace":
 	default:

@@ -77,7 +77,7 @@ func (a *agent) openTunnel(ctx context.Context, h *crypto.Handover) error {
 	for {
 		t, err := crypto.OpenTunnel(crypto.TunnelConfig{
 			Name: a.cfg.Iface, Mode: a.cfg.WGMode, PrivateKey: a.key, ListenPort: a.cfg.WGPort, MTU: a.mtu,
-			Logger: a.log, Handover: h,
+			Logger: a.log, Handover: h, WireGuardGoIO: a.cfg.UserspaceIO == "wireguard-go",
 		})
 		if err == nil {
 			a.tun = t

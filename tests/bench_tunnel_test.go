@@ -400,8 +400,11 @@ func startWeft(b *testing.B, ctx context.Context, nodes []*netlab.Node) map[stri
 	b.Helper()
 	// Later flags win: info logging, as in production, and the MTU of the
 	// standalone tunnels.
+	// $WEFT_BENCH_WEFT_ARGS: more daemon flags, for comparing settings
+	// (e.g. --userspace-io=wireguard-go) run after run.
+	args := append([]string{"--log-level", "info", "--mtu", strconv.Itoa(benchMTU)}, strings.Fields(os.Getenv("WEFT_BENCH_WEFT_ARGS"))...)
 	startAll(b, ctx, nodes, func(*netlab.Node) []string {
-		return seedArgs(nodes[0], nodes, "--log-level", "info", "--mtu", strconv.Itoa(benchMTU))
+		return seedArgs(nodes[0], nodes, args...)
 	})
 	addrs := waitMesh(b, ctx, nodes)
 	for _, n := range nodes {
