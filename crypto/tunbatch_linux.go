@@ -558,11 +558,11 @@ type tcpRun struct {
 	closed     bool
 }
 
-// joins says whether segment q (in packet pkt) may follow run r, whose head
-// packet is head: the same flow, IP and TCP headers the same but for
-// lengths, identification, sequence number and checksum (options and window
-// included, as the kernel's own GRO asks), in sequence, and no larger than
-// the head's segment.
+// joins says whether segment q (in packet pkt), of the flow of run r (see
+// sameFlow), may follow the run, whose head packet is head: IP and TCP
+// headers the same but for lengths, identification, sequence number and
+// checksum (options and window included, as the kernel's own GRO asks), in
+// sequence, and no larger than the head's segment.
 func (r *tcpRun) joins(head []byte, pkt []byte, q tcpSeg) bool {
 	h := r.seg
 	if r.closed || !h.coalesce || !q.coalesce || q.isV6 != h.isV6 || q.tcphLen != h.tcphLen ||
@@ -571,19 +571,20 @@ func (r *tcpRun) joins(head []byte, pkt []byte, q tcpSeg) bool {
 		return false
 	}
 	if h.isV6 {
-		// version, traffic class, flow label; hop limit; addresses
-		if [4]byte(head[0:4]) != [4]byte(pkt[0:4]) || head[7] != pkt[7] || [32]byte(head[8:40]) != [32]byte(pkt[8:40]) {
+		// version, traffic class, flow label; hop limit (addresses: sameFlow)
+		if [4]byte(head[0:4]) != [4]byte(pkt[0:4]) || head[7] != pkt[7] {
 			return false
 		}
 	} else {
-		// TOS; TTL; addresses
-		if head[1] != pkt[1] || head[8] != pkt[8] || [8]byte(head[12:20]) != [8]byte(pkt[12:20]) {
+		// TOS; TTL (addresses: sameFlow)
+		if head[1] != pkt[1] || head[8] != pkt[8] {
 			return false
 		}
 	}
 	t0, t1 := head[h.iphLen:h.iphLen+h.tcphLen], pkt[h.iphLen:h.iphLen+h.tcphLen]
-	// ports; ack; data offset, flags (PSH aside) and window; options
-	if [4]byte(t0[0:4]) != [4]byte(t1[0:4]) || [4]byte(t0[8:12]) != [4]byte(t1[8:12]) ||
+	// ack; data offset, flags (PSH aside) and window; options (ports:
+	// sameFlow)
+	if [4]byte(t0[8:12]) != [4]byte(t1[8:12]) ||
 		t0[12] != t1[12] || t0[13]&^tcpFlagPSH != t1[13]&^tcpFlagPSH || [2]byte(t0[14:16]) != [2]byte(t1[14:16]) ||
 		string(t0[20:]) != string(t1[20:]) {
 		return false
